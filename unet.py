@@ -1,0 +1,147 @@
+"""
+The denoiser network: the SR3 UNet (Saharia et al. 2021), as used by DREAM for 16->128 faces.
+
+Architecture (the SR3 / DREAM configuration for `paper`):
+  conv3x3 in -> for each level: num_res_blocks ResBlocks (+ self-attention at `attn_resolutions`),
+  then a stride-2 conv downsample (not after the last level) -> middle: ResBlock+attn, ResBlock ->
+  the mirror path with num_res_blocks+1 ResBlocks per level, each fed a skip connection, nearest
+  x2 upsample + conv3x3 -> GroupNorm, Swish, conv3x3 out.
+  ResBlock: GN-Swish-conv, + Linear(noise embedding), GN-Swish-dropout-conv, + skip (1x1 if needed).
+  Noise embedding: sinusoidal features of the continuous noise level -> Linear-Swish-Linear.
+`forward(x, noise_level)`: x (B, C, H, W), noise_level (B,) float: SR3's gamma = sqrt(alpha_bar)
+for diffusion.py, EDM's c_noise = ln(sigma)/4 for relay.py. No project imports.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+PRESETS = {
+    # DREAM / SR3 CelebA-HQ 16->128 (configs/sr_*_16_128.json): 97.8M parameters with 6 inputs.
+    'paper': dict(channels=64, channel_mults=(1, 2, 4, 8, 8), num_res_blocks=2, attn_resolutions=(16,), dropout=0.2),
+    'small': dict(channels=32, channel_mults=(1, 2, 4, 4, 4), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1),  # 8.5M,
+    'tiny': dict(channels=32, channel_mults=(1, 2, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0),
+}
+
+
+def noise_embedding(noise_level, dim):
+    """Sinusoidal features of a continuous noise level (SR3's PositionalEncoding): (B,) -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=noise_level.device, dtype=torch.float32) / half)
+    args = noise_level.float()[:, None] * freqs[None]
+    return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+
+
+def norm_act(ch, groups, dropout=0.0):
+    layers = [nn.GroupNorm(min(groups, ch), ch), nn.SiLU()]  # SiLU == Swish
+    if dropout > 0:
+        layers.append(nn.Dropout(dropout))
+    return layers
+
+
+class ResBlock(nn.Module):
+    def __init__(self, cin, cout, emb_dim, groups, dropout):
+        super().__init__()
+        self.block1 = nn.Sequential(*norm_act(cin, groups), nn.Conv2d(cin, cout, 3, padding=1))
+        self.emb = nn.Linear(emb_dim, cout)  # SR3's FeatureWiseAffine without the affine scale
+        self.block2 = nn.Sequential(*norm_act(cout, groups, dropout), nn.Conv2d(cout, cout, 3, padding=1))
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x, emb):
+        h = self.block1(x) + self.emb(emb)[:, :, None, None].to(x.dtype)
+        return self.block2(h) + self.skip(x)
+
+
+class SelfAttention(nn.Module):
+    """Single-head self-attention over all pixels of a feature map, fused kernel (SDPA)."""
+
+    def __init__(self, ch, groups):
+        super().__init__()
+        self.norm = nn.GroupNorm(min(groups, ch), ch)
+        self.qkv = nn.Conv2d(ch, 3 * ch, 1, bias=False)
+        self.out = nn.Conv2d(ch, ch, 1)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).transpose(-1, -2).unbind(1)  # (B, HW, C)
+        a = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
+        return x + self.out(a.transpose(-1, -2).reshape(b, c, h, w))
+
+
+class Level(nn.Module):
+    """A ResBlock optionally followed by attention (SR3's ResnetBlocWithAttn)."""
+
+    def __init__(self, cin, cout, emb_dim, groups, dropout, attn):
+        super().__init__()
+        self.res = ResBlock(cin, cout, emb_dim, groups, dropout)
+        self.attn = SelfAttention(cout, groups) if attn else None
+
+    def forward(self, x, emb):
+        x = self.res(x, emb)
+        return self.attn(x) if self.attn is not None else x
+
+
+class UNet(nn.Module):
+    def __init__(self, in_channels=6, out_channels=3, channels=64, channel_mults=(1, 2, 4, 8, 8), num_res_blocks=2,
+                 attn_resolutions=(16,), dropout=0.0, image_size=128, groups=32, grad_checkpoint=False):
+        super().__init__()
+        self.grad_checkpoint = grad_checkpoint
+        emb_dim = channels
+        self.noise_mlp = nn.Sequential(nn.Linear(channels, 4 * channels), nn.SiLU(), nn.Linear(4 * channels, channels))
+        self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
+        self.downs = nn.ModuleList()
+        skips, ch, res = [channels], channels, image_size
+        for i, mult in enumerate(channel_mults):
+            for _ in range(num_res_blocks):
+                self.downs.append(Level(ch, channels * mult, emb_dim, groups, dropout, res in attn_resolutions))
+                ch = channels * mult
+                skips.append(ch)
+            if i != len(channel_mults) - 1:
+                self.downs.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
+                skips.append(ch)
+                res //= 2
+        self.mid = nn.ModuleList([Level(ch, ch, emb_dim, groups, dropout, True), Level(ch, ch, emb_dim, groups, dropout, False)])
+        self.ups = nn.ModuleList()
+        for i, mult in reversed(list(enumerate(channel_mults))):
+            for _ in range(num_res_blocks + 1):
+                self.ups.append(Level(ch + skips.pop(), channels * mult, emb_dim, groups, dropout, res in attn_resolutions))
+                ch = channels * mult
+            if i != 0:
+                self.ups.append(nn.Sequential(nn.Upsample(scale_factor=2, mode='nearest'), nn.Conv2d(ch, ch, 3, padding=1)))
+                res *= 2
+        self.conv_out = nn.Sequential(*norm_act(ch, groups), nn.Conv2d(ch, out_channels, 3, padding=1))
+        self.min_size = 2 ** (len(channel_mults) - 1)
+
+    def _run(self, layer, x, emb):
+        if not isinstance(layer, Level):
+            return layer(x)
+        if self.grad_checkpoint and self.training and torch.is_grad_enabled():
+            return checkpoint(layer, x, emb, use_reentrant=False)
+        return layer(x, emb)
+
+    def forward(self, x, noise_level):
+        if x.shape[-1] % self.min_size or x.shape[-2] % self.min_size:
+            raise ValueError(f'UNet: input size {tuple(x.shape[-2:])} must be divisible by {self.min_size}')
+        emb = self.noise_mlp(noise_embedding(noise_level, self.conv_in.out_channels))
+        h = self.conv_in(x)
+        hs = [h]
+        for layer in self.downs:
+            h = self._run(layer, h, emb)
+            hs.append(h)
+        for layer in self.mid:
+            h = self._run(layer, h, emb)
+        for layer in self.ups:
+            if isinstance(layer, Level):
+                h = torch.cat([h, hs.pop()], dim=1)
+            h = self._run(layer, h, emb)
+        return self.conv_out(h)
+
+
+def build_unet(preset, in_channels, out_channels, image_size, **overrides):
+    """A UNet from a preset name ('paper', 'small', 'tiny'); `overrides` replace preset values."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown model preset '{preset}' (choose from {', '.join(PRESETS)})")
+    cfg = {**PRESETS[preset], **overrides}
+    return UNet(in_channels, out_channels, image_size=image_size, **cfg)
