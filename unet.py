@@ -35,7 +35,7 @@ def noise_embedding(noise_level, dim):
 
 
 def norm_act(ch, groups, dropout=0.0):
-    layers = [nn.GroupNorm(min(groups, ch), ch), nn.SiLU()]  # SiLU == Swish
+    layers = [nn.GroupNorm(math.gcd(groups, ch), ch), nn.SiLU()]  # SiLU == Swish
     if dropout > 0:
         layers.append(nn.Dropout(dropout))
     return layers
@@ -59,7 +59,7 @@ class SelfAttention(nn.Module):
 
     def __init__(self, ch, groups):
         super().__init__()
-        self.norm = nn.GroupNorm(min(groups, ch), ch)
+        self.norm = nn.GroupNorm(math.gcd(groups, ch), ch)
         self.qkv = nn.Conv2d(ch, 3 * ch, 1, bias=False)
         self.out = nn.Conv2d(ch, ch, 1)
 
