@@ -310,6 +310,53 @@ def main(argv=None):
     return 0
 
 
+# ============================================================================= sampling held-out images
+def heldout(ds, n):
+    """The first n items of a data set, stacked: dict of (n, 3, H, W) tensors."""
+    items = [ds[i] for i in range(min(n, len(ds)))]
+    return {k: torch.stack([it[k] for it in items]) for k in items[0] if torch.is_tensor(items[0][k])}
+
+
+@torch.inference_mode()
+def sample_and_score(model, cfg, batch, steps, sampler='ddpm', generator=None, device='cpu', dtype=torch.float32):
+    """Run a checkpoint's sampler on held-out `batch` -> (metrics of the means, grid images, grid columns).
+
+    SR (srL_H): SR3 sampler conditioned on the bicubic-upsampled LR, metrics vs HR (+ bicubic baseline);
+    grid LR | bicubic | SR | HR. Relay stage 2 (relayL_H): the relay sampler from the nearest-upsampled
+    box-downsampled HR, metrics vs HR; grid LR | SR | HR. Relay stage 1 (relayL): unconditional samples.
+    """
+    import relay
+    import train  # lazy: train imports this module
+    import torch.nn.functional as F
+    t = train.parse_task(cfg['task'])
+    device = torch.device(device)
+    ac = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    if t['kind'] == 'sr':
+        hr, lr, sr = (batch[k].to(device) for k in ('hr', 'lr', 'sr'))
+        with ac:
+            out = train.make_diffusion(model, cfg).sample(sr, steps, sampler=sampler, generator=generator).float()
+        res = mean_metrics(compute_metrics(out.cpu(), hr.cpu(), lr.cpu()))
+        base = mean_metrics(compute_metrics(sr.cpu(), hr.cpu(), lr.cpu()))
+        res.update({f'bicubic_{k}': v for k, v in base.items() if k != 'n'})
+        cols = [F.interpolate(lr, size=hr.shape[-2:], mode='nearest'), sr, out, hr]
+    elif t['kind'] == 'relay1':
+        n = next(iter(batch.values())).shape[0]
+        x = torch.randn(n, 3, t['res'], t['res'], generator=generator).to(device)
+        with ac:
+            out = relay.edm_sampler(relay.EDMPrecond(model), x, steps=steps, generator=generator).float()
+        return {}, out.cpu(), None
+    else:
+        hr = batch['image'].to(device)
+        x_up = F.interpolate(F.avg_pool2d(hr, t['block']), scale_factor=t['block'], mode='nearest')
+        with ac:
+            out = relay.relay_sampler(relay.EDMPrecond(model), x_up, steps=steps, block=t['block'],
+                                      blur_sigma_max=cfg['blur_sigma_max'], truncation_t=cfg['prob_length'],
+                                      generator=generator).float()
+        res = mean_metrics(compute_metrics(out.cpu(), hr.cpu()))
+        cols = [x_up, out, hr]
+    return res, torch.stack(cols, 1).flatten(0, 1).cpu(), len(cols)
+
+
 # ============================================================================= sweeps
 # Step / checkpoint sweeps go below this line (added separately). Hooks called by main():
 #   add_sweep_args(parser): add their flags;  run_sweep(args): return an exit code, or None when the

@@ -26,7 +26,6 @@ import time
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
@@ -238,7 +237,7 @@ def datasets(a):
         try:
             root = data.download('celebahq_16_128')
         except data.DataError as e:
-            raise TrainError(f'{e} -- offline? pass --data PATH (see `python data.py prepare --help`)')
+            raise TrainError(str(e))
     train_root, val_root = data.split_root(root)
     val_root = a.val_data or val_root
     make = (lambda r: data.SRPairs(r, t['lr'], t['hr'])) if t['kind'] == 'sr' else (lambda r: data.ImageFolder(r, t['res']))
@@ -276,35 +275,14 @@ class StepBatches(torch.utils.data.Sampler):
 
 
 # ----------------------------------------------------------------------------- evaluation
-@torch.inference_mode()
 def run_eval(ema, a, val, step, device, dtype):
-    """Sample --eval-n held-out images with the EMA model; PSNR/SSIM (SR, relay stage 2) and a grid."""
-    t, n = a.task_info, min(a.eval_n, len(val))
-    gen = torch.Generator().manual_seed(1234)  # its own generator: evaluation never moves the training RNG
-    items = [val[i] for i in range(n)]
-    res, grid, ctx = {}, None, torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-    with ctx:
-        if t['kind'] == 'sr':
-            hr, lr, sr = (torch.stack([it[k] for it in items]).to(device) for k in ('hr', 'lr', 'sr'))
-            out = make_diffusion(ema, vars(a)).sample(sr, a.eval_steps, generator=gen).float()
-            res = evaluate.mean_metrics(evaluate.compute_metrics(out.cpu(), hr.cpu(), lr.cpu()))
-            res.update({f'bicubic_{k}': v for k, v in evaluate.mean_metrics(evaluate.compute_metrics(sr.cpu(), hr.cpu())).items() if k != 'n'})
-            up = F.interpolate(lr, size=hr.shape[-2:], mode='nearest')
-            grid = torch.stack([up, sr, out, hr], 1).flatten(0, 1)
-        elif t['kind'] == 'relay1':
-            x = torch.randn(n, 3, t['res'], t['res'], generator=gen).to(device)
-            grid = relay.edm_sampler(relay.EDMPrecond(ema), x, steps=min(a.eval_steps, 40), generator=gen).float()
-        else:
-            hr = torch.stack([it['image'] for it in items]).to(device)
-            lr = F.avg_pool2d(hr, t['block'])
-            x_up = F.interpolate(lr, scale_factor=t['block'], mode='nearest')
-            out = relay.relay_sampler(relay.EDMPrecond(ema), x_up, steps=a.eval_steps, block=t['block'],
-                                      blur_sigma_max=a.blur_sigma_max, truncation_t=a.prob_length, generator=gen).float()
-            res = evaluate.mean_metrics(evaluate.compute_metrics(out.cpu(), hr.cpu()))
-            grid = torch.stack([x_up, out, hr], 1).flatten(0, 1)
-    data.save_grid(grid.cpu(), os.path.join(a.out, f'samples_{step:07d}.png'),
-                   nrow=grid.shape[0] // n if t['kind'] != 'relay1' else None)
-    return {k: float(v) for k, v in res.items() if isinstance(v, (int, float))}
+    """Sample --eval-n held-out images with the EMA model (own generator: the training RNG never moves)."""
+    cfg = {k: v for k, v in vars(a).items() if k != 'task_info'}
+    steps = a.eval_steps if a.task_info['kind'] != 'relay1' else min(a.eval_steps, 40)
+    res, grid, ncol = evaluate.sample_and_score(ema, cfg, evaluate.heldout(val, a.eval_n), steps,
+                                                generator=torch.Generator().manual_seed(1234), device=device, dtype=dtype)
+    data.save_grid(grid, os.path.join(a.out, f'samples_{step:07d}.png'), nrow=ncol)
+    return {k: float(v) for k, v in res.items() if k != 'n'}
 
 
 # ----------------------------------------------------------------------------- training
@@ -418,7 +396,9 @@ def train(a):
         torch._foreach_lerp_(ema_params, params, 1 - decay)
         imgs += a.batch_size * a.grad_accum * world
         last = step == a.max_iters or bool(stop)
-        if step % a.log_every == 0 or last or step % a.ckpt_every == 0 or step % a.eval_every == 0:
+        save_now = step % a.ckpt_every == 0 or last or (a.snapshot_every and step % a.snapshot_every == 0)
+        eval_now = (step % a.eval_every == 0 or step == a.max_iters) and not stop  # a signal: save and go
+        if step % a.log_every == 0 or save_now or eval_now:
             # one host sync per log interval: sum the micro-batch losses of each step, check they are finite
             vals = torch.stack([l for _, l in pending]).tolist()
             rows, cur = [], None
@@ -438,16 +418,16 @@ def train(a):
                 log_lines(log_path, rows)
             bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", img_s=f"{rows[-1]['img_s']:.2f}")
         bar.update(1)
-        if step % a.ckpt_every == 0 or last:
+        if save_now:
             checkpoint(step)
-        if rank == 0 and (step % a.eval_every == 0 or last):
+        if rank == 0 and eval_now:
             res = run_eval(ema, a, val_set, step, device, dtype)
             if res:
                 log_lines(log_path, [dict(step=step, eval=True, eval_steps=a.eval_steps, **res)])
                 bar.write(f'step {step}: ' + ', '.join(f'{k} {v:.4f}' for k, v in res.items()))
             evaluate.plot_loss(log_path, os.path.join(a.out, 'loss.png'))
             t0 = time.perf_counter()  # evaluation time does not count against img/s
-        if ddp and (step % a.eval_every == 0 or last):
+        if ddp and eval_now:
             dist.barrier()
         if stop:
             say(f'\nsignal {stop[0]}: checkpoint saved at step {step} in {ck_path}; continue with --resume')
