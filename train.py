@@ -334,11 +334,11 @@ def train(a):
     model = model.to(memory_format=fmt)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
-    step = 0
+    step, train_s = 0, 0.0  # train_s: training seconds so far, evaluation excluded (for equal-time comparisons)
     if a.resume:
         ck = load_checkpoint(ck_path, task=a.task, model=a.model)
         model.load_state_dict(ck['model']), ema.load_state_dict(ck['ema']), opt.load_state_dict(ck['opt'])
-        step = ck['step']
+        step, train_s = ck['step'], ck.get('train_s', 0.0)
         set_rng_state(ck['rng'])
         say(f'resumed {ck_path} at step {step}')
     elif rank == 0:  # a fresh run (possibly --overwrite): clear the old run's log, plots and snapshots
@@ -361,7 +361,7 @@ def train(a):
         log_lines(log_path, [], keep_upto=step)
 
     def state(s):
-        return dict(model=model.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), step=s, rng=rng_state(),
+        return dict(model=model.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), step=s, rng=rng_state(), train_s=train_s,
                     args={k: v for k, v in vars(a).items() if k != 'task_info'})
 
     def checkpoint(s):
@@ -412,7 +412,8 @@ def train(a):
             if bad:
                 raise TrainError(f'non-finite loss at step {bad[0]}: stopped; the last good checkpoint {ck_path} is untouched')
             dt = time.perf_counter() - t0
-            rows[-1].update(img_s=round(imgs / dt, 3), lr=a.lr)
+            train_s += dt
+            rows[-1].update(img_s=round(imgs / dt, 3), lr=a.lr, train_s=round(train_s, 2))
             t0, imgs = time.perf_counter(), 0
             if rank == 0:
                 log_lines(log_path, rows)
