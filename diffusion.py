@@ -119,7 +119,7 @@ class GaussianDiffusion:
         if sampler not in ('ddpm', 'ddim'):
             raise ValueError(f"unknown sampler '{sampler}' (ddpm, ddim)")
         shape = shape or (cond.shape[0], 3, *cond.shape[-2:])
-        device = cond.device if cond is not None else 'cpu'
+        device = cond.device if cond is not None else next(unwrap(self.model).parameters()).device if eps_fn is None else 'cpu'
         dtype = torch.float32
 
         def randn():
