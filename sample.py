@@ -91,7 +91,6 @@ def main(argv=None):
         device = pick_device(a.device)
         dtype, _ = pick_dtype(a.dtype, device)
         gen = torch.Generator().manual_seed(a.seed)
-        os.makedirs(a.out, exist_ok=True)
         ac = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
         if not a.relay:
             model, cfg = load_model(a.ckpt, device)
