@@ -128,7 +128,11 @@ class GaussianDiffusion:
         if eps_fn is None:
             net = unwrap(self.model)
             net.eval()
-            eps_fn = lambda x, g: self.eps(x, cond, g, net)
+            # CPU: the network's inputs in channels_last, ~1.15x faster sampling even with NCHW weights (bench.py; training
+            # and the DREAM estimate stay NCHW, faster there for fp32). On CUDA the caller's layout is kept.
+            cl = (lambda t: t.contiguous(memory_format=torch.channels_last)) if torch.device(device).type == 'cpu' else (lambda t: t)
+            c = None if cond is None else cl(cond)
+            eps_fn = lambda x, g: self.eps(cl(x), c, g, net)
         ab = self.respaced(steps).to(device)
         x = randn()
         for i in tqdm(range(steps, 0, -1), desc=f'{sampler} {steps} steps', disable=not progress, leave=False):
@@ -148,4 +152,4 @@ class GaussianDiffusion:
                 sig = eta * ((1 - a_s) / (1 - a_t) * (1 - a_t / a_s)).sqrt()
                 x = a_s.sqrt() * x0 + (1 - a_s - sig ** 2).sqrt() * e
                 x = (x + sig * randn() if i > 1 and eta > 0 else x).to(dtype)
-        return x
+        return x.contiguous()
