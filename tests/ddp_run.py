@@ -1,6 +1,6 @@
 """Helper for tests/test_reliability.py, run under torchrun: `ddp_run.py DUMP_DIR [train.py flags]`.
 
-Runs train.main with the given flags, then writes DUMP_DIR/rank<R>.txt, a SHA-256 of this rank's final weights (the
+Runs train.main with the given flags (DDP_RUN_NAN_FROM='STEP,RANK' injects a NaN loss), then writes DUMP_DIR/rank<R>.txt, a SHA-256 of this rank's final weights (the
 test checks that all ranks hold identical parameters). loss.png is left empty (matplotlib costs seconds here).
 Production code is untouched.
 """
@@ -21,6 +21,16 @@ def build(*a, **k):
 
 
 train.build_model = build
+if os.environ.get('DDP_RUN_NAN_FROM'):  # 'STEP,RANK': that rank's loss is NaN from training step STEP on
+    nan_step, nan_rank = map(int, os.environ['DDP_RUN_NAN_FROM'].split(','))
+    calls, compute_loss = [0], train.compute_loss
+
+    def nan_loss(*a, **k):
+        calls[0] += 1
+        loss = compute_loss(*a, **k)
+        return loss * float('nan') if rank == nan_rank and calls[0] >= nan_step else loss
+
+    train.compute_loss = nan_loss
 evaluate.plot_loss = lambda log, png: open(png, 'wb').close()  # matplotlib: seconds, not tested here
 train.main(sys.argv[2:])
 digest = hashlib.sha256(b''.join(p.detach().cpu().numpy().tobytes() for p in models[0].parameters())).hexdigest()

@@ -558,49 +558,39 @@ def torchrun(dump, args, tmp_path):
     return r, [open(os.path.join(dump, f'rank{k}.txt')).read() for k in (0, 1)]
 
 
-def fork_ranks(argv, logs, world=2, timeout=120):
-    """train.main as `world` DDP ranks (gloo) in forked copies of this process: train.py's DDP code path without
-    torchrun's start-up cost (seconds of imports). Each rank writes LOGS/rank<R>.log (stdout + stderr) and, when it
-    finishes, LOGS/rank<R>.txt (its weights' digest). Returns the exit codes; fails if a rank still runs after
-    `timeout` seconds (a hang)."""
+def spawn_ranks(argv, logs, world=2, timeout=120, nan_from=None):
+    """train.main as `world` DDP ranks (gloo), each a `python tests/ddp_run.py LOGS ARGS` subprocess with the torchrun
+    environment set by hand (no torchrun start-up; forking this process instead can deadlock gloo / OpenMP in a long
+    test session). Each rank writes LOGS/rank<R>.log (stdout + stderr) and, when it finishes, LOGS/rank<R>.txt (its
+    weights' digest). nan_from='STEP,RANK' makes that rank's loss NaN from STEP on. Returns the exit codes; fails if a
+    rank still runs after `timeout` seconds (a hang)."""
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         port = s.getsockname()[1]
-    pids = []
+    procs = []
     for r in range(world):
-        pid = os.fork()
-        if pid == 0:  # child: never returns into pytest
-            code = 1
-            try:
-                os.environ.update(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(world), MASTER_ADDR='127.0.0.1',
-                                  MASTER_PORT=str(port))
-                sys.stdout = sys.stderr = open(os.path.join(logs, f'rank{r}.log'), 'w', buffering=1)
-                models, build = [], train.build_model
-                train.build_model = lambda *a, **k: models.append(build(*a, **k)) or models[-1]
-                train.main(argv)
-                open(os.path.join(logs, f'rank{r}.txt'), 'w').write(weights_digest(models[0]))
-                code = 0
-            except SystemExit as e:
-                code = e.code
-            finally:
-                os._exit(code)
-        pids.append(pid)
-    codes, t = {}, time.time()
-    while len(codes) < world and time.time() - t < timeout:
-        for pid in set(pids) - set(codes):
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                codes[pid] = os.waitstatus_to_exitcode(status)
-        time.sleep(0.02)
-    for pid in set(pids) - set(codes):
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+        env = dict(ENV, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(world), MASTER_ADDR='127.0.0.1',
+                   MASTER_PORT=str(port), **({'DDP_RUN_NAN_FROM': nan_from} if nan_from else {}))
+        log = open(os.path.join(logs, f'rank{r}.log'), 'w')
+        procs.append(subprocess.Popen([sys.executable, os.path.join(ROOT, 'tests', 'ddp_run.py'), logs, *argv],
+                                      cwd=logs, env=env, stdout=log, stderr=subprocess.STDOUT))
+    codes = []
+    try:
+        for p in procs:
+            codes.append(p.wait(timeout=max(1, timeout)))
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     assert len(codes) == world, f'{world - len(codes)} rank(s) hung'
-    return [codes[p] for p in pids]
+    return codes
 
 
 def test_ddp_rank0_writes_ranks_stay_identical_and_resume_works(pairs, tmp_path):
-    """4 steps under torchrun (2 ranks, gloo), then resumed to 8 (2 forked ranks)."""
+    """4 steps under torchrun (2 ranks, gloo), then resumed to 8 (2 rank processes)."""
     out = str(tmp_path / 'run')
     args = SR + ['--data', pairs, '--out', out, '--ckpt-every', '2']
     r, d1 = torchrun(str(tmp_path / 'd1'), args + ['--max-iters', '4'], tmp_path)
@@ -609,7 +599,7 @@ def test_ddp_rank0_writes_ranks_stay_identical_and_resume_works(pairs, tmp_path)
     assert d1[0] == d1[1]
     logs = str(tmp_path / 'd2')
     os.makedirs(logs)
-    assert fork_ranks(args + ['--max-iters', '8', '--resume'], logs) == [0, 0]
+    assert spawn_ranks(args + ['--max-iters', '8', '--resume'], logs) == [0, 0]
     said = [open(os.path.join(logs, f'rank{k}.log')).read() for k in (0, 1)]
     assert 'resumed' in said[0] and 'resumed' not in said[1]
     d2 = [open(os.path.join(logs, f'rank{k}.txt')).read() for k in (0, 1)]
@@ -629,9 +619,8 @@ def test_ddp_a_nan_on_one_rank_stops_every_rank(pairs, tmp_path, monkeypatch):
     """Rank 1's loss turns NaN at step 3 (rank 0's only at step 4, through the averaged gradients): the flags are
     all-reduced at the flush, so both ranks stop at step 3, neither writes a checkpoint, nobody waits forever."""
     out = str(tmp_path / 'run')
-    loss_from_step(monkeypatch, 3, lambda l: l * float('nan') if os.environ['RANK'] == '1' else l)
-    codes = fork_ranks(SR + ['--data', pairs, '--out', out, '--ckpt-every', '2', '--log-every', '10', '--max-iters', '8'],
-                       str(tmp_path))
+    codes = spawn_ranks(SR + ['--data', pairs, '--out', out, '--ckpt-every', '2', '--log-every', '10', '--max-iters', '8'],
+                        str(tmp_path), nan_from='3,1')
     logs = [open(tmp_path / f'rank{r}.log').read() for r in (0, 1)]
     assert codes == [2, 2], logs
     for log in logs:
