@@ -14,13 +14,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 import block_noise as bn  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors on a shared 2-core machine: one thread is several times faster."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')  # tests/conftest.py
 
 
 def ref_block_dct(x, block):

@@ -4,9 +4,7 @@ import json
 import os
 import sys
 
-import numpy as np
 import pytest
-from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -14,6 +12,7 @@ sys.path.insert(0, ROOT)
 import data  # noqa: E402
 import evaluate  # noqa: E402
 import train  # noqa: E402
+from test_train import smooth_faces  # noqa: E402
 
 TINY = ['--model', 'tiny', '--batch-size', '2', '--max-iters', '4', '--snapshot-every', '2', '--timesteps', '100',
         '--beta-end', '0.1', '--eval-steps', '2', '--eval-n', '2', '--log-every', '2']
@@ -21,21 +20,10 @@ COLUMNS = ['run', 'label', 'ckpt', 'step', 'train_s', 'task', 'sampler', 'steps'
            'bicubic_psnr', 'bicubic_ssim', 'bicubic_consistency', 'wall_s']
 
 
-def blobs(folder, n, size=32):
-    rng = np.random.default_rng(0)
-    os.makedirs(folder, exist_ok=True)
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    for i in range(n):
-        a, b, ph = rng.uniform(0.5, 2.5, (3, 3))
-        img = 0.5 + 0.4 * np.sin(2 * np.pi * (a * xx[..., None] + b * yy[..., None]) + ph * 3)
-        Image.fromarray((img * 255).round().astype(np.uint8)).save(os.path.join(folder, f'{i:03d}.png'))
-    return folder
-
-
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp('sweep')
-    blobs(root / 'src', 8)
+    smooth_faces(root / 'src', 8)
     data.prepare(str(root / 'src'), str(root / 'pairs'), lr=8, hr=32, val=3, progress=False)
     for name, extra in (('std', []), ('dream', ['--dream'])):
         train.main(['--task', 'sr8_32', '--data', str(root / 'pairs'), '--out', str(root / name)] + TINY + extra)
