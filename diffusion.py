@@ -7,6 +7,14 @@ integer t. Training draws t ~ U{1..T} and then gamma ~ U(gamma_{t-1}, gamma_t), 
 every noise level in [gamma_T, 1] and can be sampled with any number of steps (here: any subset of
 the training grid, "respacing"), with ancestral DDPM or deterministic DDIM (Song et al. 2021).
 Super-resolution conditioning: the bicubic-upsampled low-res image is concatenated to x_t.
+
+SR3 is the default: the network predicts eps and x0 is the high-res image. Two documented options
+(not SR3; see README "What made it work"):
+  pred='x0' | 'v'   the network predicts x0, or v = gamma * eps - sqrt(1 - gamma^2) * x0 (Salimans & Ho 2022);
+                    eps-prediction turns an error e of the network into an x0 error e * sqrt(1-gamma^2) / gamma,
+                    150x at SR3's last noise level, which a small network cannot afford.
+  residual=True     diffuse the residual x0 = HR - bicubic(LR) (SRDiff, Li et al. 2022), the bicubic image is
+                    added back after sampling.
 """
 import math
 
@@ -17,6 +25,8 @@ from tqdm import tqdm
 
 from dream import rectify_eps
 
+PREDICTIONS = ('eps', 'x0', 'v')
+
 
 def beta_schedule(kind, steps, start=1e-6, end=1e-2, cosine_s=8e-3):
     """Betas of a T-step schedule (SR3's make_beta_schedule), float64 numpy array of length `steps`."""
@@ -26,7 +36,8 @@ def beta_schedule(kind, steps, start=1e-6, end=1e-2, cosine_s=8e-3):
         b = np.linspace(start ** 0.5, end ** 0.5, steps, dtype=np.float64) ** 2
     elif kind in ('warmup10', 'warmup50'):
         b = np.full(steps, end, dtype=np.float64)
-        w = int(steps * (0.1 if kind == 'warmup10' else 0.5))
+        fraction = 0.1 if kind == 'warmup10' else 0.5
+        w = int(steps * fraction)
         b[:w] = np.linspace(start, end, w, dtype=np.float64)
     elif kind == 'const':
         b = np.full(steps, end, dtype=np.float64)
@@ -47,23 +58,56 @@ def unwrap(model):
     return getattr(model, '_orig_mod', model)
 
 
+def _bcast(v):
+    return v.reshape(-1, 1, 1, 1)
+
+
 class GaussianDiffusion:
-    def __init__(self, model, betas):
+    def __init__(self, model, betas, pred='eps', residual=False):
+        if pred not in PREDICTIONS:
+            raise ValueError(f"unknown prediction target '{pred}' ({', '.join(PREDICTIONS)})")
         self.model = model  # any nn.Module with forward(x, noise_level); may be DDP-wrapped for training
+        self.pred = pred
+        self.residual = residual
         betas = torch.as_tensor(np.asarray(betas), dtype=torch.float64)
         self.num_timesteps = len(betas)
         ab = torch.cumprod(1 - betas, 0)
         self.alpha_bar = torch.cat([torch.ones(1, dtype=torch.float64), ab])  # alpha_bar[0] = 1, [t] for t = 1..T
         self.gamma = self.alpha_bar.sqrt()  # SR3's sqrt_alphas_cumprod_prev
 
-    def eps(self, x_t, cond, gamma, model=None):
-        """The network's noise estimate: input = [cond, x_t] along channels (SR3's order)."""
+    def net_out(self, x_t, cond, gamma, model=None):
+        """The raw network output: input = [cond, x_t] along channels (SR3's order), noise level gamma."""
         net = self.model if model is None else model
         inp = x_t if cond is None else torch.cat([cond, x_t], dim=1)
         return net(inp, gamma.to(x_t.dtype).reshape(-1)).float()
 
+    def predict(self, x_t, cond, gamma, model=None):
+        """(x0_hat, eps_hat) from the network's output, whatever it predicts (eps, x0 or v)."""
+        out = self.net_out(x_t, cond, gamma, model)
+        g = _bcast(gamma.float())
+        s = (1 - g * g).sqrt()
+        x_t = x_t.float()
+        if self.pred == 'eps':
+            return (x_t - s * out) / g, out
+        if self.pred == 'x0':
+            return out, (x_t - g * out) / s
+        return g * x_t - s * out, s * x_t + g * out  # v = g eps - s x0
+
+    def eps(self, x_t, cond, gamma, model=None):
+        """The model's noise estimate (for eps-prediction: the network's output itself)."""
+        return self.predict(x_t, cond, gamma, model)[1]
+
+    def target(self, x0, eps, gamma):
+        """What the network regresses onto, in its own parametrisation."""
+        if self.pred == 'eps':
+            return eps
+        if self.pred == 'x0':
+            return x0
+        g = _bcast(gamma.float())
+        return g * eps - (1 - g * g).sqrt() * x0
+
     def q_sample(self, x0, gamma, eps):
-        g = gamma.reshape(-1, 1, 1, 1).to(x0.dtype)
+        g = _bcast(gamma).to(x0.dtype)
         return g * x0 + (1 - g * g).sqrt() * eps
 
     def sample_gamma(self, b, device, generator=None):
@@ -76,35 +120,52 @@ class GaussianDiffusion:
     def loss(self, x0, cond, dream_p=None, loss_type='l1', generator=None):
         """Training loss: standard SR3 (dream_p None) or DREAM-rectified (dream_p = p, paper Algorithm 1).
 
-        The standard loss is a real regression of eps_theta(x_t) onto the true noise eps (the official DREAM
-        code's order='inf' path instead compares the model with a detached copy of itself: loss 0, no learning).
+        The standard loss regresses the network on the true noise eps (or x0 / v built from it). The official DREAM
+        code's order='inf' path instead runs the network twice with gradients (train mode, dropout on) and regresses
+        one pass onto the other: it never sees the true noise. Noisy inputs and the DREAM correction are fp32 even
+        under autocast; only the network runs in the autocast dtype.
         """
+        # The forward process and DREAM's correction are elementwise fp32 arithmetic (autocast leaves elementwise
+        # ops alone), so they stay fp32 under autocast; only the network's convolutions run in the autocast dtype.
+        x0 = x0.float()
+        cond = None if cond is None else cond.float()
+        if self.residual:
+            x0 = x0 - cond  # SRDiff: diffuse HR - bicubic
         b = x0.shape[0]
         gamma = self.sample_gamma(b, x0.device, generator)
-        eps = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype) if generator is not None \
-            else torch.randn_like(x0)
+        if generator is not None:
+            eps = torch.randn(x0.shape, generator=generator).to(x0.device)
+        else:
+            eps = torch.randn_like(x0)
         x_t = self.q_sample(x0, gamma, eps)
         if dream_p is not None:
-            net = unwrap(self.model)  # the no-grad pass bypasses DDP (no gradient sync needed) and dropout
-            was_training = net.training
-            net.eval()
-            try:
-                a = (gamma.double() ** 2).reshape(-1, 1, 1, 1).float()
-                x_t, eps = rectify_eps(lambda x: self.eps(x, cond, gamma, net), x_t, eps, a, dream_p)
-            finally:
-                net.train(was_training)
-        pred = self.eps(x_t, cond, gamma)
+            x_t, eps = self.rectify(x_t, eps, cond, gamma, dream_p)
+        tgt = self.target(x0, eps, gamma)
+        pred = self.net_out(x_t, cond, gamma)
         if loss_type == 'l1':
-            return F.l1_loss(pred, eps.float())
+            return F.l1_loss(pred, tgt)
         if loss_type == 'l2':
-            return F.mse_loss(pred, eps.float())
+            return F.mse_loss(pred, tgt)
         raise ValueError(f"unknown loss type '{loss_type}' (l1, l2)")
 
+    def rectify(self, x_t, eps, cond, gamma, dream_p):
+        """DREAM (dream.rectify_eps) with the network's own noise estimate, in eval mode (no dropout)."""
+        net = unwrap(self.model)  # the no-grad pass bypasses DDP: no gradient sync needed
+        was_training = net.training
+        net.eval()
+        try:
+            a = _bcast(gamma.double() ** 2).float()
+            return rectify_eps(lambda x: self.eps(x, cond, gamma, net), x_t, eps, a, dream_p)
+        finally:
+            net.train(was_training)
+
     def respaced(self, steps):
-        """alpha_bar on `steps` evenly spaced training timesteps (plus alpha_bar_0 = 1), ascending in t."""
+        """alpha_bar on `steps` evenly spaced training timesteps t_i = round(i T / steps), i = 1..steps (the last is
+        always T: even a 1-step grid starts from pure noise), plus alpha_bar_0 = 1; ascending in t."""
         if not 1 <= steps <= self.num_timesteps:
             raise ValueError(f'sampling steps must be in 1..{self.num_timesteps}, got {steps}')
-        ts = torch.linspace(1, self.num_timesteps, steps, dtype=torch.float64).round().long()
+        i = torch.arange(1, steps + 1, dtype=torch.float64)
+        ts = (i * self.num_timesteps / steps).round().long()
         return torch.cat([self.alpha_bar[:1], self.alpha_bar[ts]])
 
     @torch.inference_mode()
@@ -114,42 +175,60 @@ class GaussianDiffusion:
 
         sampler 'ddpm': ancestral sampling with the posterior q(x_{s} | x_t, x0_hat) of the respaced chain
         (DDPM Eq. 6-7); 'ddim': DDIM (Song et al. Eq. 12) with eta (0 = deterministic). x0_hat is clipped
-        to [-1, 1] when `clip`. `eps_fn(x_t, gamma)` replaces the network (used by tests with closed forms).
+        so that the image lies in [-1, 1] when `clip`. `eps_fn(x_t, gamma)` replaces the network (used by tests
+        with closed forms). With `residual` the bicubic condition is added back to the result.
         """
         if sampler not in ('ddpm', 'ddim'):
             raise ValueError(f"unknown sampler '{sampler}' (ddpm, ddim)")
-        shape = shape or (cond.shape[0], 3, *cond.shape[-2:])
-        device = cond.device if cond is not None else next(unwrap(self.model).parameters()).device if eps_fn is None else 'cpu'
-        dtype = torch.float32
+        if shape is None:
+            shape = (cond.shape[0], 3, *cond.shape[-2:])
+        if cond is not None:
+            device = cond.device
+        elif eps_fn is None:
+            device = next(unwrap(self.model).parameters()).device
+        else:
+            device = torch.device('cpu')
+        base = cond.float() if self.residual else torch.zeros((), device=device)
 
         def randn():
-            return torch.randn(shape, generator=generator, dtype=dtype).to(device)
+            return torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
 
-        if eps_fn is None:
+        if eps_fn is not None:
+            def denoise(x, gamma):
+                e = eps_fn(x, gamma).float()
+                g = _bcast(gamma.float())
+                return (x - (1 - g * g).sqrt() * e) / g, e
+        else:
             net = unwrap(self.model)
             net.eval()
-            # CPU: the network's inputs in channels_last, ~1.15x faster sampling even with NCHW weights (bench.py; training
-            # and the DREAM estimate stay NCHW, faster there for fp32). On CUDA the caller's layout is kept.
-            cl = (lambda t: t.contiguous(memory_format=torch.channels_last)) if torch.device(device).type == 'cpu' else (lambda t: t)
-            c = None if cond is None else cl(cond)
-            eps_fn = lambda x, g: self.eps(cl(x), c, g, net)
+            # CPU: the network's inputs in channels_last, ~1.15x faster sampling even with NCHW weights (bench.py);
+            # on CUDA the caller's layout is kept.
+            on_cpu = device.type == 'cpu'
+            c = cond.contiguous(memory_format=torch.channels_last) if on_cpu and cond is not None else cond
+
+            def denoise(x, gamma):
+                xin = x.contiguous(memory_format=torch.channels_last) if on_cpu else x
+                return self.predict(xin, c, gamma, net)
+
         ab = self.respaced(steps).to(device)
         x = randn()
         for i in tqdm(range(steps, 0, -1), desc=f'{sampler} {steps} steps', disable=not progress, leave=False):
-            a_t, a_s = ab[i], ab[i - 1]
+            a_t = ab[i]
+            a_s = ab[i - 1]
             gamma = a_t.sqrt().float().expand(shape[0])
-            e = eps_fn(x, gamma).to(dtype)
-            x0 = (x - (1 - a_t).sqrt() * e) / a_t.sqrt()
+            x0, e = denoise(x, gamma)
             if clip:
-                x0 = x0.clamp(-1, 1)
+                x0 = torch.clamp(x0 + base, -1, 1) - base
                 e = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()  # the noise consistent with the clipped x0
             if sampler == 'ddpm':
                 beta = 1 - a_t / a_s
                 mean = (a_s.sqrt() * beta * x0 + (1 - beta).sqrt() * (1 - a_s) * x) / (1 - a_t)
                 var = beta * (1 - a_s) / (1 - a_t)
-                x = (mean + var.sqrt() * randn() if i > 1 else mean).to(dtype)
+                x = mean + var.sqrt() * randn() if i > 1 else mean
             else:
                 sig = eta * ((1 - a_s) / (1 - a_t) * (1 - a_t / a_s)).sqrt()
                 x = a_s.sqrt() * x0 + (1 - a_s - sig ** 2).sqrt() * e
-                x = (x + sig * randn() if i > 1 and eta > 0 else x).to(dtype)
-        return x.contiguous()
+                if i > 1 and eta > 0:
+                    x = x + sig * randn()
+            x = x.float()
+        return (x + base).contiguous()

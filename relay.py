@@ -69,6 +69,36 @@ def _randn(shape, like, generator):
     return torch.randn(shape, generator=generator, dtype=like.dtype, device=like.device)
 
 
+def _no_autocast(x):
+    """Forward processes and DREAM corrections are built in fp32 even under autocast."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
+def _at_least_fp32(x):
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def _estimate(D, like):
+    """DREAM's gradient-free estimate (z, sigma) -> D(z, sigma), taken with the network in eval mode (no dropout),
+    as in the SR path (diffusion.py). The caller's autocast (read now, while it is on) applies to the network,
+    as for the training pass."""
+    device_type = like.device.type
+    autocast_on = torch.is_autocast_enabled(device_type)
+    autocast_dtype = torch.get_autocast_dtype(device_type)
+
+    def estimate(z, sigma):
+        was_training = D.training if isinstance(D, nn.Module) else False
+        if was_training:
+            D.eval()
+        try:
+            with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_on):
+                return _at_least_fp32(D(z, sigma))
+        finally:
+            if was_training:
+                D.train(True)
+    return estimate
+
+
 def edm_loss(D, y, P_mean=-1.2, P_std=1.2, sigma_data=0.5, dream_p=None, generator=None, D_nograd=None):
     """EDM training loss (EDM Sec. 5: Eq. 2 weighted by Table 1's lambda): ln sigma ~ N(P_mean, P_std^2),
     x = y + sigma n, loss = mean of lambda(sigma) (D(x, sigma) - y)^2, lambda = (sigma^2 + sd^2) / (sigma sd)^2.
@@ -81,13 +111,16 @@ def edm_loss(D, y, P_mean=-1.2, P_std=1.2, sigma_data=0.5, dream_p=None, generat
     an EMA copy or a wrapper that toggles model.eval(). Returns a scalar (mean over all elements).
     """
     B = y.shape[0]
-    sigma = (_randn((B,), y, generator) * P_std + P_mean).exp()
-    s = sigma.view(-1, 1, 1, 1)
-    weight = (s ** 2 + sigma_data ** 2) / (s * sigma_data) ** 2
-    x = y + s * _randn(y.shape, y, generator)
-    if dream_p is not None:
-        lam = dream.dream_lambda(1 / (1 + s ** 2), dream_p)
-        x = dream.rectify_x0(lambda z: (D if D_nograd is None else D_nograd)(z, sigma), x, y, lam)
+    estimate = _estimate(D if D_nograd is None else D_nograd, y)  # before autocast is switched off
+    with _no_autocast(y):  # the noisy input (and DREAM's correction) in fp32; only the network is autocast
+        y = _at_least_fp32(y)
+        sigma = (_randn((B,), y, generator) * P_std + P_mean).exp()
+        s = sigma.view(-1, 1, 1, 1)
+        weight = (s ** 2 + sigma_data ** 2) / (s * sigma_data) ** 2
+        x = y + s * _randn(y.shape, y, generator)
+        if dream_p is not None:
+            lam = dream.dream_lambda(1 / (1 + s ** 2), dream_p)
+            x = dream.rectify_x0(lambda z: estimate(z, sigma), x, y, lam)
     return (weight * (D(x, sigma) - y) ** 2).mean()
 
 
@@ -108,19 +141,26 @@ def blur_loss(D, y, block=4, blur_sigma_max=3.0, prob_length=0.93, block_scale=0
     # Official: clamp(u, min=Phi(z(truncate_sigma)) * prob_length): the "*" should be "/" (that puts
     # the clamp at sigma = 0.0071 instead of the intended 0.0075); we clamp at truncate_sigma exactly.
     u_min = float(sigma_to_t(truncate_sigma, P_mean, P_std, prob_length))
-    u = torch.rand((B,), generator=generator, dtype=torch.float64, device=y.device).clamp(min=u_min)
-    sigma = t_to_sigma(u, P_mean, P_std, prob_length).to(y.dtype)
-    s_blur = blur_sigma(u, blur_sigma_max).to(y.dtype)
-    s = sigma.view(-1, 1, 1, 1)
-    weight = ((s ** 2 + sigma_data ** 2) / (s * sigma_data) ** 2).clamp(max=1e5)
-    blur = lambda z: dct_blur(z, block, s_blur, min_scale)
-    n = _randn(y.shape, y, generator)
-    if block_scale > 0:
-        n = n + block_scale * block_noise(y, block, generator)
-    x = blur(y) + s * n
-    if dream_p is not None:
-        lam = dream.dream_lambda(1 / (1 + s ** 2), dream_p)
-        x = dream.rectify_x0(lambda z: (D if D_nograd is None else D_nograd)(z, sigma), x, y, lam, blur=blur)
+    estimate = _estimate(D if D_nograd is None else D_nograd, y)  # before autocast is switched off
+    with _no_autocast(y):  # in bf16 the DCT matmuls would round by ~0.01, more than the smallest sigma 0.0075
+        y = _at_least_fp32(y)
+        u = torch.rand((B,), generator=generator, dtype=torch.float64, device=y.device).clamp(min=u_min)
+        sigma = t_to_sigma(u, P_mean, P_std, prob_length).to(y.dtype)
+        s_blur = blur_sigma(u, blur_sigma_max).to(y.dtype)
+        s = sigma.view(-1, 1, 1, 1)
+        weight = ((s ** 2 + sigma_data ** 2) / (s * sigma_data) ** 2).clamp(max=1e5)
+
+        def blur(z):
+            with _no_autocast(z):
+                return dct_blur(_at_least_fp32(z), block, s_blur, min_scale)
+
+        n = _randn(y.shape, y, generator)
+        if block_scale > 0:
+            n = n + block_scale * block_noise(y, block, generator)
+        x = blur(y) + s * n
+        if dream_p is not None:
+            lam = dream.dream_lambda(1 / (1 + s ** 2), dream_p)
+            x = dream.rectify_x0(lambda z: estimate(z, sigma), x, y, lam, blur=blur)
     return (weight * (D(x, sigma) - y) ** 2).mean()
 
 
