@@ -6,8 +6,8 @@ matmul peak, MFU, and peak memory.
     python bench.py --model tiny --json               # ... the last line is one JSON object
     python bench.py --device cuda --compile --mem-table
 
-What is timed: the training step as train.py runs it: train.build_model, the precision of train.pick_dtype
-(bf16 autocast or fp32), channels_last where train.py uses it (bf16 or CUDA), train.compute_loss
+What is timed: the training step as train.py runs it: tasks.build_model, the precision of runtime.pick_dtype
+(bf16 autocast or fp32), channels_last where train.py uses it (bf16 or CUDA), tasks.compute_loss
 (GaussianDiffusion.loss, standard or DREAM), backward, Adam step, zero_grad, EMA lerp; random images, no data
 loading; warm-up steps untimed; standard and DREAM steps interleaved. img/s = batch / mean step time.
 FLOPs: torch.utils.flop_counter.FlopCounterMode counts the matmul, convolution and attention FLOPs (2 per
@@ -30,19 +30,24 @@ import resource
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import train
+from runtime import UsageError, allow_tf32, autocast, memory_format, pick_device, pick_dtype
+from tasks import build_model, check_resolution, compute_loss, loss_config, make_diffusion, parse_task
+from unet import PRESETS
 
 TARGET_MFU, TARGET_DREAM = 0.6, 1.35
 F32, BF16 = torch.float32, torch.bfloat16
+DTYPE_NAME = {F32: 'fp32', BF16: 'bf16'}
+TRAIN_LR = 1e-4  # train.py's default --lr (Adam)
 
 
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--model', default='paper', choices=list(train.PRESETS))
+    p.add_argument('--model', default='paper', choices=list(PRESETS))
     p.add_argument('--batch-size', type=int, default=4, help='default batch (the paper: 4)')
     p.add_argument('--res', type=int, default=None, help='image size (default 128, the 16->128 task; tiny: 64)')
     p.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'])
@@ -59,9 +64,9 @@ def get_args(argv=None):
     p.add_argument('--grad-checkpoint', action='store_true', help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     a.res = a.res or (64 if a.model == 'tiny' else 128)
-    a.device = train.pick_device(a.device)
+    a.device = pick_device(a.device)
     a.iters = a.iters or (20 if a.device.type == 'cuda' else 3)
-    task_args(a.model, a.res, a.batch_size)  # bad --res / --batch-size: train.py's one-line error, before any timing
+    task_config(a.model, a.res, a.batch_size)  # bad --res / --batch-size: one line, before any timing
     return a
 
 
@@ -70,16 +75,16 @@ def sync(device):
         torch.cuda.synchronize(device)  # CUDA runs asynchronously: wait before reading the clock
 
 
-def task_args(model, res, batch, dream=False, grad_checkpoint=False):
-    """train.py's own argparse values for an SR task at `res` (6-channel input), so compute_loss sees production flags."""
-    argv = ['--task', f'sr{max(res // 8, 1)}_{res}', '--model', model, '--batch-size', str(batch),
-            '--overwrite']  # get_args refuses an --out holding a run; bench writes nothing there
-    return train.get_args(argv + ['--dream'] * dream + ['--grad-checkpoint'] * grad_checkpoint)
-
-
-def memory_format(dtype, device):
-    """The rule of train.train(): channels_last for bf16 autocast or on CUDA, NCHW for fp32 on the CPU."""
-    return torch.channels_last if dtype == BF16 or device.type == 'cuda' else torch.contiguous_format
+def task_config(model, res, batch, dream=False, grad_checkpoint=False):
+    """train.py's settings for an SR task at `res` (6-channel input), so compute_loss sees production flags."""
+    task = f'sr{max(res // 8, 1)}_{res}'
+    parse_task(task)
+    check_resolution(task, model)
+    if batch <= 0:
+        raise UsageError(f'--batch-size must be positive, got {batch}')
+    cfg = loss_config(task, dream=dream)
+    cfg.update(model=model, batch_size=batch, grad_checkpoint=grad_checkpoint, lr=TRAIN_LR)
+    return cfg
 
 
 def images(batch, res, device, fmt, seed=0):
@@ -89,39 +94,43 @@ def images(batch, res, device, fmt, seed=0):
 
 
 class Trainer:
-    """A fresh model + Adam + EMA; `step(a, batch)` is one train.py training step (standard or DREAM per `a`)."""
+    """A fresh model + Adam + EMA; `step(cfg, batch)` is one train.py training step (standard or DREAM per `cfg`)."""
 
-    def __init__(self, a, device, dtype, fmt, compile=False, tf32=True):
+    def __init__(self, cfg, device, dtype, fmt, compile=False, tf32=True):
         torch.manual_seed(0)
-        self.model = train.build_model(a.task_info, a.model, a.grad_checkpoint).to(device).to(memory_format=fmt)
+        self.model = build_model(cfg['task'], cfg['model'], cfg['grad_checkpoint']).to(device).to(memory_format=fmt)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=a.lr)  # as train.py
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg['lr'])  # as train.py
         self.net = torch.compile(self.model) if compile else self.model
-        self.params, self.ema_params = list(self.model.parameters()), list(self.ema.parameters())
-        self.device, self.dtype, self.fmt, self.tf32 = device, dtype, fmt, tf32 and device.type == 'cuda'
+        self.params = list(self.model.parameters())
+        self.ema_params = list(self.ema.parameters())
+        self.device, self.dtype, self.fmt = device, dtype, fmt
+        self.tf32 = tf32 and device.type == 'cuda'
 
     def flags(self):
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = self.tf32  # train.py: on for CUDA
+        torch.backends.cuda.matmul.allow_tf32 = self.tf32  # train.py: on for CUDA
+        torch.backends.cudnn.allow_tf32 = self.tf32
 
-    def step(self, a, batch):
+    def step(self, cfg, batch):
         self.flags()
         self.model.train()
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != F32):
-            loss = train.compute_loss(self.net, batch, a).float()
+        with autocast(self.device, self.dtype):
+            loss = compute_loss(self.net, batch, cfg).float()
         loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         torch._foreach_lerp_(self.ema_params, self.params, 1e-4)
 
-    def sample_ms(self, a, batch, steps):
-        """ms per step of GaussianDiffusion.sample (the DDPM sampler sample.py / evaluate.py run)."""
-        diff, cond = train.make_diffusion(self.model, vars(a)), images(batch, a.task_info['res'], self.device, self.fmt)['sr']
+    def sample_ms(self, cfg, batch, steps):
+        """ms per step of GaussianDiffusion.sample (the DDPM sampler sample.py / evaluate run)."""
+        diffusion = make_diffusion(self.model, cfg)
+        cond = images(batch, parse_task(cfg['task'])['res'], self.device, self.fmt)['sr']
         self.flags()
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != F32):
-            diff.sample(cond, 1)  # warm-up
+        with autocast(self.device, self.dtype):
+            diffusion.sample(cond, 1)  # warm-up
             sync(self.device)
             t = time.perf_counter()
-            diff.sample(cond, steps)
+            diffusion.sample(cond, steps)
             sync(self.device)
         return 1e3 * (time.perf_counter() - t) / steps
 
@@ -143,21 +152,23 @@ def timed(steps, iters, warmup, device):
     return [t / iters for t in total]
 
 
-def count_flops(a):
+def count_flops(cfg):
     """FLOPs per image of one training loss forward + backward (FlopCounterMode on the meta device, batch 1)."""
+    res = parse_task(cfg['task'])['res']
     with torch.device('meta'):
-        net = train.build_model(a.task_info, a.model)
-        x = torch.zeros(1, 3, a.task_info['res'], a.task_info['res'])
-    with FlopCounterMode(display=False) as fc:
-        train.compute_loss(net, {'hr': x, 'sr': x}, a).backward()
-    return fc.get_total_flops()
+        net = build_model(cfg['task'], cfg['model'])
+        x = torch.zeros(1, 3, res, res)
+    with FlopCounterMode(display=False) as counter:
+        compute_loss(net, {'hr': x, 'sr': x}, cfg).backward()
+    return counter.get_total_flops()
 
 
 def matmul_peak(dtype, device, max_n, cap_s=5.0):
     """GFLOP/s of n x n matmuls after warm-up; n doubles from 256 to max_n while one matmul stays cheap."""
     n = 256
     while True:
-        x, y = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+        x = torch.randn(n, n, device=device, dtype=dtype)
+        y = torch.randn(n, n, device=device, dtype=dtype)
         x @ y
         sync(device)
         reps, t = 0, time.perf_counter()
@@ -175,18 +186,21 @@ def peak_mem_mb(device):
     if device.type == 'cuda':
         return torch.cuda.max_memory_allocated(device) / 2 ** 20
     try:  # Linux: the peak RSS of this program alone (ru_maxrss would include what a child inherits at fork)
-        return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')) / 1024
+        with open('/proc/self/status') as f:
+            line = next(line for line in f if line.startswith('VmHWM'))
+        return int(line.split()[1]) / 1024
     except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2 ** 20 if sys.platform == 'darwin' else 1024)
+        scale = 2 ** 20 if sys.platform == 'darwin' else 1024
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
 
 def probe_main(a, dtype):
     """Child mode: two production steps of one config (Adam state exists from step 2), then print the peak."""
-    ta = task_args(a.model, a.res, a.batch_size, grad_checkpoint=a.grad_checkpoint)
+    cfg = task_config(a.model, a.res, a.batch_size, grad_checkpoint=a.grad_checkpoint)
     base = peak_mem_mb(a.device)
-    tr = Trainer(ta, a.device, dtype, memory_format(dtype, a.device), a.compile)
-    batch = images(a.batch_size, a.res, a.device, tr.fmt)
-    timed([lambda: tr.step(ta, batch)], 1, 1, a.device)
+    trainer = Trainer(cfg, a.device, dtype, memory_format(dtype, a.device), a.compile)
+    batch = images(a.batch_size, a.res, a.device, trainer.fmt)
+    timed([lambda: trainer.step(cfg, batch)], 1, 1, a.device)
     print('PROBE ' + json.dumps(dict(peak_mb=round(peak_mem_mb(a.device), 1), base_mb=round(base, 1))))
 
 
@@ -194,193 +208,277 @@ def probe(a, model, batch, grad_checkpoint=False):
     """Peak memory of one config, measured in a fresh process: {'peak_mb', 'base_mb'} or {'error'}."""
     cmd = [sys.executable, os.path.abspath(__file__), '--probe-mem', '--model', model, '--batch-size', str(batch),
            '--res', str(a.res), '--device', a.device.type, '--dtype', a.dtype]
-    r = subprocess.run(cmd + ['--grad-checkpoint'] * grad_checkpoint + ['--compile'] * a.compile,
-                       capture_output=True, text=True, timeout=max(600, 10 * a.budget))
-    line = [l for l in r.stdout.splitlines() if l.startswith('PROBE ')]
-    if r.returncode or not line:
+    if grad_checkpoint:
+        cmd.append('--grad-checkpoint')
+    if a.compile:
+        cmd.append('--compile')
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=max(600, 10 * a.budget))
+    lines = [line for line in r.stdout.splitlines() if line.startswith('PROBE ')]
+    if r.returncode or not lines:
         err = (r.stderr.strip().splitlines() or [f'exit status {r.returncode} (killed: out of memory?)'])[-1]
         return {'error': 'out of memory' if 'out of memory' in err.lower() else err[-200:]}
-    return json.loads(line[-1][6:])
+    return json.loads(lines[-1][len('PROBE '):])
 
 
-def main(argv=None):
-    a = get_args(argv)
+def mem_text(r):
+    return f'{r["peak_mb"]:.0f} MB' if 'peak_mb' in r else r['error']
+
+
+# ----------------------------------------------------------------------------- the measurements
+# Each takes `b` (the run: flags, device, chosen dtype and memory format, the production trainer and its step time)
+# and the result dict R, prints its lines and fills its keys.
+
+def affordable(b, seconds, what):
+    """Optional measurements run only when predicted to take at most --budget seconds."""
+    if seconds > b.a.budget:
+        print(f'{what}: skipped (predicted {seconds:.1f} s > --budget {b.a.budget:g} s)')
+    return seconds <= b.a.budget
+
+
+def measure_setup(a):
+    """Device, dtype, memory format: the production path; warns when other load shares the CPU."""
     dev = a.device
-    if dev.type == 'cuda':
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as train.py (matmul peak)
-    dtype, why = train.pick_dtype(a.dtype, dev)
-    if a.probe_mem:
-        return probe_main(a, dtype)
-    say, cpu = print, torch.backends.cpu.get_cpu_capability()
-    name = torch.cuda.get_device_name(dev) if dev.type == 'cuda' else f'CPU {cpu}, {torch.get_num_threads()} thread(s)'
+    allow_tf32(dev)  # as train.py (the matmul peak too)
+    dtype, why = pick_dtype(a.dtype, dev)
     fmt = memory_format(dtype, dev)
-    dname = {F32: 'fp32', BF16: 'bf16'}
-    path = f"{dname[dtype]}{' autocast' if dtype == BF16 else ''}, {'channels_last' if fmt == torch.channels_last else 'NCHW'}" \
-           + (', torch.compile' if a.compile else '')
-    B, res, it = a.batch_size, a.res, a.iters
-    say(f'device {dev} ({name}); model {a.model} at {res}x{res}, 6-channel SR input, batch {B}; '
-        f'production path: {path} ({why}); {it} timed steps per measurement')
+    cpu = torch.backends.cpu.get_cpu_capability()
+    name = torch.cuda.get_device_name(dev) if dev.type == 'cuda' else f'CPU {cpu}, {torch.get_num_threads()} thread(s)'
+    fmt_name = 'channels_last' if fmt == torch.channels_last else 'NCHW'
+    path = f"{DTYPE_NAME[dtype]}{' autocast' if dtype == BF16 else ''}, {fmt_name}"
+    if a.compile:
+        path += ', torch.compile'
+    print(f'device {dev} ({name}); model {a.model} at {a.res}x{a.res}, 6-channel SR input, batch {a.batch_size}; '
+          f'production path: {path} ({why}); {a.iters} timed steps per measurement')
     if dev.type == 'cpu' and os.getloadavg()[0] > 1.5 * os.cpu_count():
-        say(f'WARNING: load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: other processes share the CPU, '
-            'timings are pessimistic')
-    R = dict(device=str(dev), device_name=name, cpu_capability=cpu, model=a.model, res=res, batch=B,
-             dtype=dname[dtype], dtype_reason=why, memory_format='channels_last' if fmt == torch.channels_last else 'nchw',
-             compile=a.compile, iters=it)
+        print(f'WARNING: load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: other processes share the '
+              'CPU, timings are pessimistic')
+    R = dict(device=str(dev), device_name=name, cpu_capability=cpu, model=a.model, res=a.res, batch=a.batch_size,
+             dtype=DTYPE_NAME[dtype], dtype_reason=why, memory_format='channels_last' if fmt == torch.channels_last
+             else 'nchw', compile=a.compile, iters=a.iters)
+    b = SimpleNamespace(a=a, dev=dev, dtype=dtype, fmt=fmt, warm=3 if dev.type == 'cuda' else 1, done={},
+                        std=task_config(a.model, a.res, a.batch_size),
+                        dream=task_config(a.model, a.res, a.batch_size, dream=True))
+    return b, R
 
-    # --- matmul peak of both dtypes (the MFU denominator is the chosen one)
-    max_n = 8192 if dev.type == 'cuda' else 2048
-    mm = {k: matmul_peak(dt, dev, max_n, min(5.0, a.budget / 4)) for k, dt in (('fp32', F32), ('bf16', BF16))}
-    for k, (g, n) in mm.items():
-        say(f'matmul peak {k}: {g:9.1f} GFLOP/s ({n}x{n}{", TF32 allowed" if dev.type == "cuda" and k == "fp32" else ""})')
-    R['matmul_gflops'], R['peak_gflops'] = {k: g for k, (g, n) in mm.items()}, mm[dname[dtype]][0]
-    peak = R['peak_gflops']
 
-    # --- FLOPs per image
-    sa, da = task_args(a.model, res, B), task_args(a.model, res, B, dream=True)
-    f_std, f_dream = count_flops(sa), count_flops(da)
-    f_fwd = f_dream - f_std
-    say(f'FLOPs per image (FlopCounterMode, meta device, matmul/conv/attention): training forward+backward '
-        f'{f_std / 1e9:.2f} GFLOP, DREAM {f_dream / 1e9:.2f} GFLOP (+1 no-grad forward {f_fwd / 1e9:.2f})')
-    R.update(flops_per_img=f_std, flops_per_img_dream=f_dream, flops_fwd_per_img=f_fwd)
+def measure_matmul_peaks(b, R):
+    """The matmul rate of both dtypes; the chosen one is the MFU denominator."""
+    max_n = 8192 if b.dev.type == 'cuda' else 2048
+    for key, dt in (('fp32', F32), ('bf16', BF16)):
+        gflops, n = matmul_peak(dt, b.dev, max_n, min(5.0, b.a.budget / 4))
+        R.setdefault('matmul_gflops', {})[key] = gflops
+        tf32 = ', TF32 allowed' if b.dev.type == 'cuda' and key == 'fp32' else ''
+        print(f'matmul peak {key}: {gflops:9.1f} GFLOP/s ({n}x{n}{tf32})')
+    R['peak_gflops'] = b.peak = R['matmul_gflops'][DTYPE_NAME[b.dtype]]
 
-    # --- production step, standard and DREAM, at the default batch
+
+def measure_flops(b, R):
+    b.f_std = count_flops(b.std)
+    b.f_dream = count_flops(b.dream)
+    b.f_fwd = b.f_dream - b.f_std
+    print(f'FLOPs per image (FlopCounterMode, meta device, matmul/conv/attention): training forward+backward '
+          f'{b.f_std / 1e9:.2f} GFLOP, DREAM {b.f_dream / 1e9:.2f} GFLOP (+1 no-grad forward {b.f_fwd / 1e9:.2f})')
+    R.update(flops_per_img=b.f_std, flops_per_img_dream=b.f_dream, flops_fwd_per_img=b.f_fwd)
+
+
+def measure_production_step(b, R):
+    """The production step, standard and DREAM in turns, at the default batch: img/s, MFU, DREAM overhead."""
+    B, dev = b.a.batch_size, b.dev
     if dev.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(dev)
-    tr = Trainer(sa, dev, dtype, fmt, a.compile)
-    warm = 3 if dev.type == 'cuda' else 1
-    batch = images(B, res, dev, fmt)
-    prod = lambda: tr.step(sa, batch)
-    t_std, t_dream = timed([prod, lambda: tr.step(da, batch)], it, warm, dev)
+    b.trainer = Trainer(b.std, dev, b.dtype, b.fmt, b.a.compile)
+    batch = images(B, b.a.res, dev, b.fmt)
+    b.production = lambda: b.trainer.step(b.std, batch)
+    t_std, t_dream = timed([b.production, lambda: b.trainer.step(b.dream, batch)], b.a.iters, b.warm, dev)
+    b.t_std = t_std
+    b.rate = b.f_std * B / t_std  # achieved FLOP/s: predicts the cost of the optional measurements
+    b.done[(b.dtype, b.fmt, b.a.compile, b.trainer.tf32)] = (B / t_std, 1.0)
     R['peak_mem_mb'], R['peak_mem_source'] = round(peak_mem_mb(dev), 1), 'in-process'
     R.update(train_img_s=B / t_std, step_s=t_std, dream_img_s=B / t_dream, dream_step_s=t_dream,
-             dream_overhead=t_dream / t_std, mfu=f_std * B / t_std / 1e9 / peak, mfu_dream=f_dream * B / t_dream / 1e9 / peak)
-    say(f'train batch {B}: standard {B / t_std:8.2f} img/s ({t_std * 1e3:.0f} ms/step), MFU {R["mfu"]:.3f} '
-        f'({f_std * B / t_std / 1e9:.1f} of {peak:.1f} GFLOP/s)')
-    say(f'train batch {B}: DREAM    {B / t_dream:8.2f} img/s ({t_dream * 1e3:.0f} ms/step), MFU {R["mfu_dream"]:.3f}; '
-        f'DREAM step / standard step = {R["dream_overhead"]:.3f}')
-    rate = f_std * B / t_std  # achieved FLOP/s: predicts the cost of the optional measurements below
+             dream_overhead=t_dream / t_std, mfu=b.f_std * B / t_std / 1e9 / b.peak,
+             mfu_dream=b.f_dream * B / t_dream / 1e9 / b.peak)
+    print(f'train batch {B}: standard {B / t_std:8.2f} img/s ({t_std * 1e3:.0f} ms/step), MFU {R["mfu"]:.3f} '
+          f'({b.f_std * B / t_std / 1e9:.1f} of {b.peak:.1f} GFLOP/s)')
+    print(f'train batch {B}: DREAM    {B / t_dream:8.2f} img/s ({t_dream * 1e3:.0f} ms/step), MFU {R["mfu_dream"]:.3f}; '
+          f'DREAM step / standard step = {R["dream_overhead"]:.3f}')
 
-    def affordable(seconds, what):
-        """Optional measurements run only when predicted to take at most --budget seconds."""
-        if seconds > a.budget:
-            say(f'{what}: skipped (predicted {seconds:.1f} s > --budget {a.budget:g} s)')
-        return seconds <= a.budget
 
-    # --- other paths of the same network, batch B, standard loss, each timed in turns with the production step:
-    # (dtype, memory format, compile, TF32) -> (img/s, its step time / the production step time)
-    done = {(dtype, fmt, a.compile, tr.tf32): (B / t_std, 1.0)}
+def measure_path(b, dtype, fmt, label, compile=False, tf32=True):
+    """Another path of the same network (batch B, standard loss), timed in turns with the production step:
+    (img/s, its step time / the production step time). Each path is measured once."""
+    B = b.a.batch_size
+    key = (dtype, fmt, compile, tf32 and b.dev.type == 'cuda')
+    if key in b.done:
+        print(f'train batch {B}: {label:27s} = the production path')
+        return b.done[key]
+    trainer = Trainer(b.std, b.dev, dtype, fmt, compile, tf32)
+    batch = images(B, b.a.res, b.dev, fmt)
+    t_prod, t = timed([b.production, lambda: trainer.step(b.std, batch)], b.a.iters, b.warm, b.dev)
+    print(f'train batch {B}: {label:27s} {B / t:8.2f} img/s ({t * 1e3:.0f} ms/step, '
+          f'{t / t_prod:.2f}x the production step timed in turns with it)')
+    b.done[key] = (B / t, t / t_prod)
+    return b.done[key]
 
-    def measure(dt, mf, label, comp=False, tf32=True):
-        key = (dt, mf, comp, tf32 and dev.type == 'cuda')
-        if key in done:
-            say(f'train batch {B}: {label:27s} = the production path')
-            return done[key]
-        t2, b2 = Trainer(sa, dev, dt, mf, comp, tf32), images(B, res, dev, mf)
-        tp, t = timed([prod, lambda: t2.step(sa, b2)], it, warm, dev)
-        say(f'train batch {B}: {label:27s} {B / t:8.2f} img/s ({t * 1e3:.0f} ms/step, '
-            f'{t / tp:.2f}x the production step timed in turns with it)')
-        done[key] = (B / t, t / tp)
-        return done[key]
 
-    # the plain baseline: fp32, NCHW, eager, TF32 off (true fp32 on CUDA)
-    R['fp32_eager_img_s'], R['speedup_vs_fp32_eager'] = measure(F32, torch.contiguous_format, 'fp32 eager NCHW baseline',
-                                                                tf32=False)
-    if dev.type == 'cpu' and dtype == F32 and affordable((warm + it) * t_std * 2.5, 'fp32 channels_last'):
-        R['fp32_cl_img_s'], R['fp32_cl_step_ratio'] = r = measure(F32, torch.channels_last, 'fp32 channels_last')
-        say(f'  -> fp32 training on this CPU: channels_last step / NCHW step = {r[1]:.2f} '
-            f'({"NCHW faster" if r[1] > 1.05 else "channels_last faster" if r[1] < 0.95 else "within 5%"})')
+def measure_baselines(b, R):
+    """The plain baseline (fp32, NCHW, eager, TF32 off); on a CPU in fp32 also fp32 channels_last."""
+    img_s, ratio = measure_path(b, F32, torch.contiguous_format, 'fp32 eager NCHW baseline', tf32=False)
+    R['fp32_eager_img_s'], R['speedup_vs_fp32_eager'] = img_s, ratio
+    if b.dev.type == 'cpu' and b.dtype == F32 and affordable(b, (b.warm + b.a.iters) * b.t_std * 2.5,
+                                                             'fp32 channels_last'):
+        img_s, ratio = measure_path(b, F32, torch.channels_last, 'fp32 channels_last')
+        R['fp32_cl_img_s'], R['fp32_cl_step_ratio'] = img_s, ratio
+        if ratio > 1.05:
+            verdict = 'NCHW faster'
+        elif ratio < 0.95:
+            verdict = 'channels_last faster'
+        else:
+            verdict = 'within 5%'
+        print(f'  -> fp32 training on this CPU: channels_last step / NCHW step = {ratio:.2f} ({verdict})')
 
-    # --- does --dtype auto pick the faster dtype? Both dtypes timed on the chosen config if affordable, else tiny
-    auto_dt = train.pick_dtype('auto', dev)[0]
-    ta = task_args('tiny', 32, 1)
-    tt = {dt: Trainer(ta, dev, dt, memory_format(dt, dev)) for dt in (F32, BF16)}
-    tb = {dt: images(1, 32, dev, memory_format(dt, dev)) for dt in (F32, BF16)}
-    tiny = dict(zip(tt, timed([lambda dt=dt: tt[dt].step(ta, tb[dt]) for dt in tt], 1, 1, dev)))
-    other = BF16 if dtype == F32 else F32
-    if affordable((warm + it) * t_std * (1 + tiny[other] / tiny[dtype]), f'{dname[other]} on {a.model} batch {B}'):
-        ts = {dtype: t_std, other: t_std * measure(other, memory_format(other, dev), f'{dname[other]} (the other dtype)')[1]}
-        where = f'{a.model} batch {B}'
-    else:
-        ts, where = tiny, 'tiny 32x32 batch 1, 1 step'
-    faster = min(ts, key=ts.get)
-    R['dtype_check'] = dict(where=where, fp32_step_s=ts[F32], bf16_step_s=ts[BF16], auto=dname[auto_dt],
-                            faster=dname[faster], bf16_speedup=ts[F32] / ts[BF16])
-    say(f'dtype check ({where}): fp32 {ts[F32] * 1e3:.0f} ms, bf16 {ts[BF16] * 1e3:.0f} ms per step '
-        f'(bf16 {ts[F32] / ts[BF16]:.2f}x); auto picks {dname[auto_dt]}, faster is {dname[faster]}')
 
-    # --- the best batch that fits (CUDA: double until OOM or > 90% memory; CPU: 8, 16 within the budget)
+def check_auto_dtype(b, R):
+    """Does --dtype auto pick the faster dtype? Both dtypes on the chosen config if affordable, else on tiny."""
+    dev = b.dev
+    b.auto_dtype = pick_dtype('auto', dev)[0]
+    tiny = task_config('tiny', 32, 1)
+    trainers = {dt: Trainer(tiny, dev, dt, memory_format(dt, dev)) for dt in (F32, BF16)}
+    batches = {dt: images(1, 32, dev, memory_format(dt, dev)) for dt in (F32, BF16)}
+    tiny_times = timed([lambda dt=dt: trainers[dt].step(tiny, batches[dt]) for dt in trainers], 1, 1, dev)
+    times = dict(zip(trainers, tiny_times))
+    other = BF16 if b.dtype == F32 else F32
+    where = 'tiny 32x32 batch 1, 1 step'
+    cost = (b.warm + b.a.iters) * b.t_std * (1 + times[other] / times[b.dtype])
+    if affordable(b, cost, f'{DTYPE_NAME[other]} on {b.a.model} batch {b.a.batch_size}'):
+        ratio = measure_path(b, other, memory_format(other, dev), f'{DTYPE_NAME[other]} (the other dtype)')[1]
+        times = {b.dtype: b.t_std, other: b.t_std * ratio}
+        where = f'{b.a.model} batch {b.a.batch_size}'
+    b.faster = min(times, key=times.get)
+    b.dtype_where = where
+    R['dtype_check'] = dict(where=where, fp32_step_s=times[F32], bf16_step_s=times[BF16],
+                            auto=DTYPE_NAME[b.auto_dtype], faster=DTYPE_NAME[b.faster],
+                            bf16_speedup=times[F32] / times[BF16])
+    print(f'dtype check ({where}): fp32 {times[F32] * 1e3:.0f} ms, bf16 {times[BF16] * 1e3:.0f} ms per step '
+          f'(bf16 {times[F32] / times[BF16]:.2f}x); auto picks {DTYPE_NAME[b.auto_dtype]}, '
+          f'faster is {DTYPE_NAME[b.faster]}')
+
+
+def measure_best_batch(b, R):
+    """The best batch that fits: CUDA doubles until out of memory or > 90% memory; CPU tries 8, 16 within the budget."""
+    dev, B = b.dev, b.a.batch_size
     best = (B, R['train_img_s'])
-    cands = [B * 2 ** k for k in range(1, 9)] if dev.type == 'cuda' else [b for b in (8, 16) if b > B]
-    for b in cands:
-        if dev.type == 'cpu' and not affordable((warm + it) * b * f_std / rate, f'train batch {b}'):
+    if dev.type == 'cuda':
+        candidates = [B * 2 ** k for k in range(1, 9)]
+    else:
+        candidates = [n for n in (8, 16) if n > B]
+    for n in candidates:
+        if dev.type == 'cpu' and not affordable(b, (b.warm + b.a.iters) * n * b.f_std / b.rate, f'train batch {n}'):
             break
         try:
             if dev.type == 'cuda':
                 torch.cuda.reset_peak_memory_stats(dev)
-            bb = images(b, res, dev, fmt)
-            t = timed([lambda: tr.step(sa, bb)], it, warm, dev)[0]
+            batch = images(n, b.a.res, dev, b.fmt)
+            t = timed([lambda: b.trainer.step(b.std, batch)], b.a.iters, b.warm, dev)[0]
         except torch.OutOfMemoryError:
-            tr.opt.zero_grad(set_to_none=True)
+            b.trainer.opt.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
-            say(f'train batch {b}: out of memory')
+            print(f'train batch {n}: out of memory')
             break
-        say(f'train batch {b}: standard {b / t:8.2f} img/s ({t * 1e3:.0f} ms/step)')
-        best = max(best, (b, b / t), key=lambda x: x[1])
-        if dev.type == 'cuda' and torch.cuda.max_memory_allocated(dev) > 0.9 * torch.cuda.get_device_properties(dev).total_memory:
-            break
-    R['best_batch'], R['best_batch_img_s'], R['best_batch_mfu'] = *best, f_std * best[1] / 1e9 / peak
+        print(f'train batch {n}: standard {n / t:8.2f} img/s ({t * 1e3:.0f} ms/step)')
+        best = max(best, (n, n / t), key=lambda pair: pair[1])
+        if dev.type == 'cuda':
+            total = torch.cuda.get_device_properties(dev).total_memory
+            if torch.cuda.max_memory_allocated(dev) > 0.9 * total:
+                break
+    R['best_batch'], R['best_batch_img_s'] = best
+    R['best_batch_mfu'] = b.f_std * best[1] / 1e9 / b.peak
 
-    # --- sampling: ms per step at batch 1 and 16; a whole image = steps x per-step time (extrapolated)
-    k = 20 if dev.type == 'cuda' else 2
-    R['sample_step_ms'] = tr.sample_ms(sa, 1, k)
-    R['sample_steps'], R['sample_image_ms'] = a.sample_steps, R['sample_step_ms'] * a.sample_steps
-    say(f'sampling batch 1: {R["sample_step_ms"]:.1f} ms/step (mean of {k}); one 16->{res} image with {a.sample_steps} '
-        f'DDPM steps ~ {R["sample_image_ms"] / 1e3:.2f} s (extrapolated from the per-step time)')
-    if affordable((1 + k) * 16 * f_fwd / rate, 'sampling batch 16'):
-        R['sample_step_ms_b16'] = tr.sample_ms(sa, 16, k)
-        say(f'sampling batch 16: {R["sample_step_ms_b16"]:.1f} ms/step, {R["sample_step_ms_b16"] / 16:.1f} ms per image-step')
-    del tr
-    if dev.type == 'cuda':
-        torch.cuda.empty_cache()  # the memory subprocesses below need the GPU
 
-    # --- memory: grad-checkpoint off/on for this config, optional table of presets (fresh process each)
-    mb = lambda r: f'{r["peak_mb"]:.0f} MB' if 'peak_mb' in r else r['error']
+def measure_sampling(b, R):
+    """ms per sampling step at batch 1 and 16; a whole image = steps x per-step time (extrapolated)."""
+    k = 20 if b.dev.type == 'cuda' else 2
+    R['sample_step_ms'] = b.trainer.sample_ms(b.std, 1, k)
+    R['sample_steps'] = b.a.sample_steps
+    R['sample_image_ms'] = R['sample_step_ms'] * b.a.sample_steps
+    print(f'sampling batch 1: {R["sample_step_ms"]:.1f} ms/step (mean of {k}); one 16->{b.a.res} image with '
+          f'{b.a.sample_steps} DDPM steps ~ {R["sample_image_ms"] / 1e3:.2f} s (extrapolated from the per-step time)')
+    if affordable(b, (1 + k) * 16 * b.f_fwd / b.rate, 'sampling batch 16'):
+        R['sample_step_ms_b16'] = b.trainer.sample_ms(b.std, 16, k)
+        print(f'sampling batch 16: {R["sample_step_ms_b16"]:.1f} ms/step, '
+              f'{R["sample_step_ms_b16"] / 16:.1f} ms per image-step')
+    del b.trainer
+    if b.dev.type == 'cuda':
+        torch.cuda.empty_cache()  # the memory subprocesses need the GPU
+
+
+def measure_memory(b, R):
+    """Peak memory with grad-checkpoint off / on, and optionally every preset at batch 1 and 4 (fresh processes)."""
+    a, B = b.a, b.a.batch_size
     if not a.no_probe:
-        if affordable(2 * 2.4 * B * f_std / rate + 6, 'memory with grad-checkpoint off/on'):  # 2 steps each, +1/3
-            off, on = probe(a, a.model, B), probe(a, a.model, B, grad_checkpoint=True)
+        if affordable(b, 2 * 2.4 * B * b.f_std / b.rate + 6, 'memory with grad-checkpoint off/on'):  # 2 steps each
+            off = probe(a, a.model, B)
+            on = probe(a, a.model, B, grad_checkpoint=True)
             R['mem_grad_checkpoint'] = {'off': off, 'on': on}
-            say(f'peak memory {a.model} batch {B}: grad-checkpoint off {mb(off)}, on {mb(on)}')
-            if dev.type == 'cpu' and 'peak_mb' in off:
+            print(f'peak memory {a.model} batch {B}: grad-checkpoint off {mem_text(off)}, on {mem_text(on)}')
+            if b.dev.type == 'cpu' and 'peak_mb' in off:
                 R['peak_mem_mb'], R['peak_mem_source'] = off['peak_mb'], 'fresh subprocess'
         if a.mem_table:
             R['mem_table'] = {}
-            for m in ('tiny', 'small', 'paper'):
-                fm = count_flops(task_args(m, res, 1))
-                for b in (1, 4):
-                    if affordable(2 * b * fm / rate + 3, f'peak memory {m} batch {b}'):
-                        R['mem_table'][f'{m}/{b}'] = r = probe(a, m, b)
-                        say(f'peak memory {m:6s} batch {b}: {mb(r)}')
-    unit = 'max_memory_allocated' if dev.type == 'cuda' else 'process peak RSS incl. the torch runtime'
-    say(f'peak memory (standard step, batch {B}): {R["peak_mem_mb"]:.0f} MB ({unit}, {R["peak_mem_source"]})')
+            for model in ('tiny', 'small', 'paper'):
+                flops = count_flops(task_config(model, a.res, 1))
+                for n in (1, 4):
+                    if affordable(b, 2 * n * flops / b.rate + 3, f'peak memory {model} batch {n}'):
+                        R['mem_table'][f'{model}/{n}'] = r = probe(a, model, n)
+                        print(f'peak memory {model:6s} batch {n}: {mem_text(r)}')
+    unit = 'max_memory_allocated' if b.dev.type == 'cuda' else 'process peak RSS incl. the torch runtime'
+    print(f'peak memory (standard step, batch {B}): {R["peak_mem_mb"]:.0f} MB ({unit}, {R["peak_mem_source"]})')
 
-    # --- targets
-    R['targets'] = tg = dict(mfu=R['mfu'] >= TARGET_MFU, dream_overhead=R['dream_overhead'] <= TARGET_DREAM,
-                             auto_dtype_fastest=auto_dt == faster)
-    mark = lambda ok: 'PASS' if ok else 'MISS'
-    say(f'target MFU >= {TARGET_MFU} (paper model training step): {mark(tg["mfu"])} ({R["mfu"]:.3f}'
-        f'{"" if a.model == "paper" else f", measured on {a.model}"})')
-    say(f'target DREAM step <= {TARGET_DREAM}x standard: {mark(tg["dream_overhead"])} ({R["dream_overhead"]:.3f}x)')
-    say(f'target --dtype auto picks the faster dtype: {mark(tg["auto_dtype_fastest"])} (auto {dname[auto_dt]}, '
-        f'faster {dname[faster]} on {where})')
+
+def report_targets(b, R):
+    R['targets'] = targets = dict(mfu=R['mfu'] >= TARGET_MFU, dream_overhead=R['dream_overhead'] <= TARGET_DREAM,
+                                  auto_dtype_fastest=b.auto_dtype == b.faster)
+
+    def mark(ok):
+        return 'PASS' if ok else 'MISS'
+    measured_on = '' if b.a.model == 'paper' else f', measured on {b.a.model}'
+    print(f'target MFU >= {TARGET_MFU} (paper model training step): {mark(targets["mfu"])} ({R["mfu"]:.3f}{measured_on})')
+    print(f'target DREAM step <= {TARGET_DREAM}x standard: {mark(targets["dream_overhead"])} '
+          f'({R["dream_overhead"]:.3f}x)')
+    print(f'target --dtype auto picks the faster dtype: {mark(targets["auto_dtype_fastest"])} '
+          f'(auto {DTYPE_NAME[b.auto_dtype]}, faster {DTYPE_NAME[b.faster]} on {b.dtype_where})')
+
+
+def rounded(value):
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    if isinstance(value, float):
+        return round(value, 4)
+    return value
+
+
+def main(argv=None):
+    a = get_args(argv)
+    if a.probe_mem:
+        allow_tf32(a.device)
+        return probe_main(a, pick_dtype(a.dtype, a.device)[0])
+    b, R = measure_setup(a)
+    measure_matmul_peaks(b, R)
+    measure_flops(b, R)
+    measure_production_step(b, R)
+    measure_baselines(b, R)
+    check_auto_dtype(b, R)
+    measure_best_batch(b, R)
+    measure_sampling(b, R)
+    measure_memory(b, R)
+    report_targets(b, R)
     if a.json:
-        rnd = lambda v: {k: rnd(x) for k, x in v.items()} if isinstance(v, dict) else round(v, 4) if isinstance(v, float) else v
-        print(json.dumps(rnd(R)))
+        print(json.dumps(rounded(R)))
     return R
 
 
 if __name__ == '__main__':
     try:
         main()
-    except train.TrainError as e:
+    except UsageError as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)

@@ -14,13 +14,13 @@ import os
 import sys
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
 import relay
-from diffusion import GaussianDiffusion, beta_schedule
-from train import Parser, TrainError, load_model, parse_task, pick_device, pick_dtype
+from checkpoint import load_model
+from runtime import Parser, UsageError, autocast, make_generator, pick_device, pick_dtype
+from tasks import make_diffusion, nearest_up, parse_task
 
 
 def get_args(argv=None):
@@ -47,13 +47,13 @@ def get_args(argv=None):
     a = p.parse_args(argv)
     for k in ('steps', 'n', 'steps_first', 'steps_second', 'batch_size'):
         if getattr(a, k) <= 0:
-            raise TrainError(f'--{k.replace("_", "-")} must be positive')
+            raise UsageError(f'--{k.replace("_", "-")} must be positive')
     if a.relay and not a.ckpt_second:
-        raise TrainError('--relay needs --ckpt-second (and --ckpt-first, or --input low-res images)')
+        raise UsageError('--relay needs --ckpt-second (and --ckpt-first, or --input low-res images)')
     if a.relay and not (a.ckpt_first or a.input):
-        raise TrainError('--relay needs --ckpt-first (two-stage generation) or --input (stage 2 on given images)')
+        raise UsageError('--relay needs --ckpt-first (two-stage generation) or --input (stage 2 on given images)')
     if not a.relay and not (a.ckpt and a.input):
-        raise TrainError('super-resolution needs --ckpt and --input (or use --relay)')
+        raise UsageError('super-resolution needs --ckpt and --input (or use --relay)')
     return a
 
 
@@ -71,18 +71,75 @@ def read_inputs(path, size):
 
 
 def super_resolve(model, cfg, lr, steps, sampler='ddpm', generator=None, device='cpu', dtype=torch.float32):
-    """LR batch (B,3,L,L) in [-1,1] -> SR batch (B,3,H,H): the bicubic-upsampled LR conditions the sampler."""
+    """LR batch (B,3,L,L) in [-1,1] -> SR batch (B,3,H,H): the bicubic-upsampled LR conditions the sampler.
+    `generator` is a CPU generator: diffusion.py draws its noise on the CPU and moves it to the device."""
     hr = parse_task(cfg['task'])['hr']
     cond = data.resize(lr, hr).to(device)
-    diff = GaussianDiffusion(model, beta_schedule(cfg['schedule'], cfg['timesteps'], cfg['beta_start'], cfg['beta_end']))
-    with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32):
-        return diff.sample(cond, steps, sampler=sampler, generator=generator).float().cpu(), cond.cpu()
+    with autocast(torch.device(device), dtype):
+        out = make_diffusion(model, cfg).sample(cond, steps, sampler=sampler, generator=generator)
+    return out.float().cpu(), cond.cpu()
 
 
 def relay_kwargs(a, cfg2):
+    truncation_t = a.truncation_t if a.truncation_t is not None else cfg2['prob_length']
     return dict(truncation_sigma=a.truncation_sigma, s_block=a.s_block, s_noise=a.s_noise,
-                truncation_t=a.truncation_t if a.truncation_t is not None else cfg2['prob_length'],
-                blur_sigma_max=cfg2['blur_sigma_max'])
+                truncation_t=truncation_t, blur_sigma_max=cfg2['blur_sigma_max'])
+
+
+def sample_sr(a, device, dtype):
+    """Super-resolve --input with --ckpt -> (names, outputs, grid, grid columns)."""
+    model, cfg = load_model(a.ckpt, device)
+    if not cfg['task'].startswith('sr'):
+        raise UsageError(f"{a.ckpt} is a {cfg['task']} checkpoint, not super-resolution (use --relay)")
+    names, lr = read_inputs(a.input, parse_task(cfg['task'])['lr'])
+    generator = torch.Generator().manual_seed(a.seed)  # diffusion.py draws on the CPU
+    outs, conds = [], []
+    for i in tqdm(range(0, len(lr), a.batch_size), desc=f'super-resolving {len(lr)} images'):
+        out, cond = super_resolve(model, cfg, lr[i:i + a.batch_size], a.steps, a.sampler, generator, device, dtype)
+        outs.append(out)
+        conds.append(cond)
+    out = torch.cat(outs)
+    grid = torch.stack([torch.cat(conds), out], 1).flatten(0, 1)  # bicubic | SR, one pair per row
+    return names, out, grid, 2
+
+
+def stage_one(a, second_task, lo, device, dtype, generator):
+    """--n images at L pixels from the stage-1 EDM model (--ckpt-first), in [-1, 1] on the CPU."""
+    model, cfg = load_model(a.ckpt_first, device)
+    if cfg['task'] != f'relay{lo}':
+        raise UsageError(f"{a.ckpt_first} is a {cfg['task']} checkpoint; stage 2 {second_task} needs relay{lo}")
+    D1 = relay.EDMPrecond(model)
+    low = []
+    for i in tqdm(range(0, a.n, a.batch_size), desc='stage 1 (EDM)'):
+        latents = torch.randn(min(a.batch_size, a.n - i), 3, lo, lo, generator=generator, device=device)
+        with autocast(device, dtype):
+            low.append(relay.edm_sampler(D1, latents, steps=a.steps_first, generator=generator).float().cpu())
+    return torch.cat(low).clamp(-1, 1)
+
+
+def sample_relay(a, device, dtype):
+    """Relay stage 2 (--ckpt-second) on --input or on stage-1 samples -> (names, outputs, grid, grid columns)."""
+    m2, cfg2 = load_model(a.ckpt_second, device)
+    t2 = parse_task(cfg2['task'])
+    if t2['kind'] != 'relay2':
+        raise UsageError(f"{a.ckpt_second} is a {cfg2['task']} checkpoint, not a relay stage 2 (relayL_H)")
+    generator = make_generator(a.seed, device)  # the relay samplers draw their noise on the images' device
+    if a.input:
+        names, lr = read_inputs(a.input, t2['lr'])
+    else:
+        lr = stage_one(a, cfg2['task'], t2['lr'], device, dtype, generator)
+        names = [f'{i:05d}' for i in range(a.n)]
+    D2 = relay.EDMPrecond(m2)
+    kwargs = relay_kwargs(a, cfg2)
+    outs = []
+    for i in tqdm(range(0, len(lr), a.batch_size), desc='stage 2 (relay)'):
+        x_up = nearest_up(lr[i:i + a.batch_size], t2['block']).to(device)
+        with autocast(device, dtype):
+            out = relay.relay_sampler(D2, x_up, steps=a.steps_second, block=t2['block'], generator=generator, **kwargs)
+        outs.append(out.float().cpu())
+    out = torch.cat(outs)
+    grid = torch.stack([nearest_up(lr, t2['block']), out], 1).flatten(0, 1)  # stage-1 / input | stage 2
+    return names, out, grid, 2
 
 
 def main(argv=None):
@@ -90,53 +147,15 @@ def main(argv=None):
         a = get_args(argv)
         device = pick_device(a.device)
         dtype, _ = pick_dtype(a.dtype, device)
-        gen = torch.Generator().manual_seed(a.seed)
-        ac = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-        if not a.relay:
-            model, cfg = load_model(a.ckpt, device)
-            if not cfg['task'].startswith('sr'):
-                raise TrainError(f"{a.ckpt} is a {cfg['task']} checkpoint, not super-resolution (use --relay)")
-            lo = parse_task(cfg['task'])['lr']
-            names, lr = read_inputs(a.input, lo)
-            outs, conds = [], []
-            for i in tqdm(range(0, len(lr), a.batch_size), desc=f'super-resolving {len(lr)} images'):
-                o, c = super_resolve(model, cfg, lr[i:i + a.batch_size], a.steps, a.sampler, gen, device, dtype)
-                outs.append(o), conds.append(c)
-            out, cond = torch.cat(outs), torch.cat(conds)
-            grid = torch.stack([cond, out], 1).flatten(0, 1)  # bicubic | SR, one pair per row
-            ncol = 2
+        if a.relay:
+            names, out, grid, ncol = sample_relay(a, device, dtype)
         else:
-            m2, cfg2 = load_model(a.ckpt_second, device)
-            t2 = parse_task(cfg2['task'])
-            if t2['kind'] != 'relay2':
-                raise TrainError(f"{a.ckpt_second} is a {cfg2['task']} checkpoint, not a relay stage 2 (relayL_H)")
-            lo, hi = t2['lr'], t2['hr']
-            D2, kw = relay.EDMPrecond(m2), relay_kwargs(a, cfg2)
-            if a.input:
-                names, lr = read_inputs(a.input, lo)
-            else:
-                m1, cfg1 = load_model(a.ckpt_first, device)
-                if cfg1['task'] != f'relay{lo}':
-                    raise TrainError(f"{a.ckpt_first} is a {cfg1['task']} checkpoint; stage 2 {cfg2['task']} needs relay{lo}")
-                names, lr = [f'{i:05d}' for i in range(a.n)], []
-                for i in tqdm(range(0, a.n, a.batch_size), desc='stage 1 (EDM)'):
-                    z = torch.randn(min(a.batch_size, a.n - i), 3, lo, lo, generator=gen).to(device)
-                    with ac:
-                        lr.append(relay.edm_sampler(relay.EDMPrecond(m1), z, steps=a.steps_first, generator=gen).float().cpu())
-                lr = torch.cat(lr).clamp(-1, 1)
-            outs = []
-            for i in tqdm(range(0, len(lr), a.batch_size), desc='stage 2 (relay)'):
-                x_up = F.interpolate(lr[i:i + a.batch_size], scale_factor=hi // lo, mode='nearest').to(device)
-                with ac:
-                    outs.append(relay.relay_sampler(D2, x_up, steps=a.steps_second, block=hi // lo, generator=gen, **kw).float().cpu())
-            out = torch.cat(outs)
-            grid = torch.stack([F.interpolate(lr, scale_factor=hi // lo, mode='nearest'), out], 1).flatten(0, 1)
-            ncol = 2
+            names, out, grid, ncol = sample_sr(a, device, dtype)
         for name, x in zip(names, out):
             data.save_image(x, os.path.join(a.out, f'{name}.png'))
         data.save_grid(grid, os.path.join(a.out, 'grid.png'), nrow=ncol * max(1, min(4, len(out) // 4)))
         print(f'wrote {len(out)} images and grid.png to {a.out}')
-    except (TrainError, data.DataError) as e:
+    except (UsageError, data.DataError) as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)
 

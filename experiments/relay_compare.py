@@ -22,9 +22,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
-import evaluate  # noqa: E402
+import metrics  # noqa: E402
 import relay  # noqa: E402
-import train  # noqa: E402
+from checkpoint import load_model  # noqa: E402
+from tasks import heldout, parse_task, sample_and_score  # noqa: E402
 
 p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
 p.add_argument('--relay', required=True)
@@ -38,10 +39,10 @@ p.add_argument('--out', default='results/relay_compare')
 a = p.parse_args()
 os.makedirs(os.path.dirname(a.out) or '.', exist_ok=True)
 
-m_relay, c_relay = train.load_model(a.relay)
-t = train.parse_task(c_relay['task'])
+m_relay, c_relay = load_model(a.relay)
+t = parse_task(c_relay['task'])
 val = data.SRPairs(data.split_root(a.data)[1] or a.data, t['lr'], t['hr'])
-batch = evaluate.heldout(val, a.n)
+batch = heldout(val, a.n)
 hr = batch['hr']
 x_up = F.interpolate(F.avg_pool2d(hr, t['block']), scale_factor=t['block'], mode='nearest')
 
@@ -54,7 +55,7 @@ def counted(D):
 
 rows, pics = [], {'LR (box, nearest up)': x_up}
 def score(name, out, nfe, secs):
-    res = evaluate.mean_metrics(evaluate.compute_metrics(out, hr))
+    res = metrics.mean_metrics(metrics.compute_metrics(out, hr))
     rows.append(dict(method=name, nfe=nfe, n=len(hr), psnr=res['psnr'], ssim=res['ssim'], wall_s=round(secs, 1)))
     print(json.dumps(rows[-1]), flush=True)
 
@@ -62,7 +63,7 @@ relays = [('relay', a.relay, 0.15), ('relay, no block noise', a.relay, 0.0)]
 if a.relay_dream:
     relays.append(('relay DREAM', a.relay_dream, 0.15))
 for name, ck, s_block in relays:
-    m, cfg = train.load_model(ck)
+    m, cfg = load_model(ck)
     calls[0], t0 = 0, time.time()
     out = relay.relay_sampler(counted(relay.EDMPrecond(m)), x_up, steps=a.relay_steps, block=t['block'],
                               s_block=s_block, blur_sigma_max=cfg['blur_sigma_max'], truncation_t=cfg['prob_length'],
@@ -71,11 +72,11 @@ for name, ck, s_block in relays:
     score(name, out, nfe, time.time() - t0)
     pics.setdefault(name, out)
 
-m_sr, c_sr = train.load_model(a.sr)
+m_sr, c_sr = load_model(a.sr)
 nfe = rows[0]['nfe']
 for sampler in ('ddpm', 'ddim'):
     t0 = time.time()
-    res, grid, ncol = evaluate.sample_and_score(m_sr, c_sr, batch, nfe, sampler=sampler,
+    res, grid, ncol = sample_and_score(m_sr, c_sr, batch, nfe, sampler=sampler,
                                                 generator=torch.Generator().manual_seed(a.seed))
     out = grid.view(len(hr), ncol, *grid.shape[1:])[:, 2]
     score(f'SR3 restart from noise ({sampler})', out, nfe, time.time() - t0)
@@ -84,7 +85,8 @@ pics['HR'] = hr
 
 with open(a.out + '.csv', 'w', newline='') as f:
     w = csv.DictWriter(f, fieldnames=list(rows[0]))
-    w.writeheader(), w.writerows(rows)
+    w.writeheader()
+    w.writerows(rows)
 k = min(8, len(hr))
 cols = [pics[key][:k] for key in pics]
 data.save_grid(torch.stack(cols, 0).flatten(0, 1), a.out + '.png', nrow=k)

@@ -1,4 +1,4 @@
-"""evaluate.py: metric recipes against hand computations / scikit-image, the CLI, the loss plot."""
+"""metrics.py / evaluate.py / plots.py: metric recipes against hand computations / scikit-image, the CLI, the loss plot."""
 import json
 import math
 import os
@@ -13,6 +13,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import evaluate as ev  # noqa: E402
+import metrics  # noqa: E402
+import plots  # noqa: E402
 
 
 def on_grid(x):
@@ -42,7 +44,7 @@ def to_u8(x):
 def test_quantize_convention():
     # values given on the [0,1] scale, mapped to [-1,1] as the models output them
     v01 = torch.tensor([0.0, 0.0039, 0.0019, 0.5, 1.0, 1.7, -0.3], dtype=torch.float64)
-    q = ev.quantize(v01 * 2 - 1)
+    q = metrics.quantize(v01 * 2 - 1)
     # 0.0039*255 = 0.9945 -> 1, 0.0019*255 = 0.48 -> 0, 0.5*255 = 127.5 -> 128 (half to even), clamps
     assert q.tolist() == [0, 1, 0, 128, 255, 255, 0]
     assert q.dtype == torch.float64
@@ -52,8 +54,8 @@ def test_psnr_matches_numpy():
     g = torch.Generator().manual_seed(0)
     pred, gt = rand_img(g), rand_img(g)
     gt[1] = on_grid(pred[1] + 0.05 * torch.randn(pred[1].shape, generator=g, dtype=torch.float64))
-    assert torch.equal(ev.quantize(pred), torch.from_numpy(to_u8(pred).astype(np.float64)))
-    ours = ev.psnr(pred, gt)
+    assert torch.equal(metrics.quantize(pred), torch.from_numpy(to_u8(pred).astype(np.float64)))
+    ours = metrics.psnr(pred, gt)
     assert ours.shape == (2,)
     for i in range(2):
         a = to_u8(pred[i]).astype(np.float64)
@@ -66,11 +68,11 @@ def test_psnr_matches_numpy():
 def test_psnr_identical_is_inf_and_quantization_matters():
     g = torch.Generator().manual_seed(1)
     x = rand_img(g, b=1)
-    assert math.isinf(ev.psnr(x, x)[0].item())
+    assert math.isinf(metrics.psnr(x, x)[0].item())
     # on the uint8 grid, a shift of 0.2 grey level rounds away (inf), 1 grey level does not
-    assert math.isinf(ev.psnr(x, x + 0.2 * 2 / 255)[0].item())
-    assert abs(ev.psnr(x, (x + 2 / 255).clamp(-1, 1))[0].item() - 48.13) < 0.1  # MSE ~1 -> 20 log10 255
-    assert math.isfinite(ev.psnr(x, x + 4 / 255)[0].item())
+    assert math.isinf(metrics.psnr(x, x + 0.2 * 2 / 255)[0].item())
+    assert abs(metrics.psnr(x, (x + 2 / 255).clamp(-1, 1))[0].item() - 48.13) < 0.1  # MSE ~1 -> 20 log10 255
+    assert math.isfinite(metrics.psnr(x, x + 4 / 255)[0].item())
 
 
 # ------------------------------------------------------------------ SSIM
@@ -82,7 +84,7 @@ def test_ssim_matches_skimage(kind):
     make = rand_img if kind == "random" else smooth_img
     pred = make(g)
     gt = on_grid(pred + 0.3 * make(g)) if kind == "smooth" else make(g)
-    ours = ev.ssim(pred, gt)
+    ours = metrics.ssim(pred, gt)
     for i in range(pred.shape[0]):
         a = to_u8(pred[i]).transpose(1, 2, 0)
         b = to_u8(gt[i]).transpose(1, 2, 0)
@@ -98,11 +100,11 @@ def test_ssim_identity_bounds_and_y_channel():
     metrics = pytest.importorskip("skimage.metrics")
     g = torch.Generator().manual_seed(3)
     x = smooth_img(g, b=3)
-    assert torch.allclose(ev.ssim(x, x), torch.ones(3, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(metrics.ssim(x, x), torch.ones(3, dtype=torch.float64), atol=1e-12)
     y = on_grid(x + 0.2 * rand_img(g, b=3, h=48, w=48))
-    s = ev.ssim(y, x)
+    s = metrics.ssim(y, x)
     assert s.shape == (3,) and (s < 0.99).all() and (s > -1).all()
-    assert torch.allclose(ev.ssim(y, x), ev.ssim(x, y))
+    assert torch.allclose(metrics.ssim(y, x), metrics.ssim(x, y))
     # Y channel: BT.601 studio-swing luma from the uint8 RGB values, unrounded
     a = to_u8(y[0]).astype(np.float64)
     b = to_u8(x[0]).astype(np.float64)
@@ -110,12 +112,12 @@ def test_ssim_identity_bounds_and_y_channel():
     assert 16 <= lum(a).min() and lum(a).max() <= 235
     ref = metrics.structural_similarity(lum(a), lum(b), gaussian_weights=True, sigma=1.5,
                                         use_sample_covariance=False, data_range=255)
-    assert abs(ev.ssim(y, x, y_channel=True)[0].item() - ref) < 1e-10
+    assert abs(metrics.ssim(y, x, y_channel=True)[0].item() - ref) < 1e-10
 
 
 def test_ssim_rejects_tiny_images():
     with pytest.raises(ValueError):
-        ev.ssim(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8))
+        metrics.ssim(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8))
 
 
 # ------------------------------------------------------------------ consistency
@@ -124,15 +126,15 @@ def test_consistency():
     data = pytest.importorskip("data")
     g = torch.Generator().manual_seed(4)
     hr = smooth_img(g, b=2, h=64, w=64).float()
-    hr = ev.quantize(hr).float() / 127.5 - 1  # on the uint8 grid, as a loaded image
+    hr = metrics.quantize(hr).float() / 127.5 - 1  # on the uint8 grid, as a loaded image
     lr = torch.stack([data.resize(h, (16, 16)) for h in hr])
-    c = ev.consistency(hr, lr)
+    c = metrics.consistency(hr, lr)
     assert c.shape == (2,)
     assert c.max() < 1e-9  # the hr that produced lr is perfectly consistent with it
     noisy = hr + 0.2 * torch.randn(hr.shape, generator=g)
     blurred = torch.nn.functional.avg_pool2d(hr, 2).repeat_interleave(2, -1).repeat_interleave(2, -2) + 0.3
-    assert (ev.consistency(noisy, lr) > 1e-5).all()
-    assert (ev.consistency(blurred, lr) > 1e-3).all()
+    assert (metrics.consistency(noisy, lr) > 1e-5).all()
+    assert (metrics.consistency(blurred, lr) > 1e-3).all()
 
 
 # ------------------------------------------------------------------ compute_metrics, folders, CLI
@@ -164,7 +166,7 @@ def test_compute_metrics_and_evaluate_dirs(folders):
     pred, gt, imgs = folders
     res = ev.evaluate_dirs(str(pred), str(gt), use_lpips=False)
     assert res["n"] == 3 and 15 < res["psnr"] < 40 and 0 < res["ssim"] < 1
-    per = ev.compute_metrics(imgs, imgs)
+    per = metrics.compute_metrics(imgs, imgs)
     assert len(per["psnr"]) == 3 and all(math.isinf(p) for p in per["psnr"])
     assert per["ssim"] == pytest.approx([1.0] * 3)
 
@@ -214,9 +216,9 @@ def test_cli_errors_in_process(folders, tmp_path, capsys):
 
 
 def test_lpips_fn_never_crashes():
-    fn, reason = ev.lpips_fn()
+    fn, reason = metrics.lpips_fn()
     assert (fn is None) == bool(reason)
-    assert ev.lpips_fn() is ev.lpips_fn()  # built once
+    assert metrics.lpips_fn() is metrics.lpips_fn()  # built once
 
 
 def test_lpips_fn_needs_weights_on_disk(tmp_path, monkeypatch):
@@ -242,18 +244,18 @@ def test_lpips_fn_needs_weights_on_disk(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "lpips", fake)
     monkeypatch.setitem(sys.modules, "torchvision", types.SimpleNamespace(models=models))
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    monkeypatch.setattr(ev, "_LPIPS", {})
-    fn, reason = ev.lpips_fn()
+    monkeypatch.setattr(metrics, "_LPIPS", {})
+    fn, reason = metrics.lpips_fn()
     assert fn is None and "alex.pth" in reason and "alexnet-owt-7be5be79.pth" in reason and not seen
-    monkeypatch.setattr(ev, "_LPIPS", {})
+    monkeypatch.setattr(metrics, "_LPIPS", {})
     (pkg / "weights" / "v0.1" / "alex.pth").write_bytes(b"x")
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
     (tmp_path / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth").write_bytes(b"x")
-    fn, reason = ev.lpips_fn()
+    fn, reason = metrics.lpips_fn()
     assert fn is not None and reason == "" and seen == ["alex"]
-    assert ev.lpips_fn()[0] is fn and seen == ["alex"]
+    assert metrics.lpips_fn()[0] is fn and seen == ["alex"]
     x = torch.full((2, 3, 16, 16), -0.9)
-    out = ev.compute_metrics(x, x.clone().fill_(0.9), lpips=fn)["lpips"]
+    out = metrics.compute_metrics(x, x.clone().fill_(0.9), lpips=fn)["lpips"]
     assert out == pytest.approx([1.8, 1.8])
 
 
@@ -265,18 +267,18 @@ def test_plot_loss(tmp_path):
     lines += [json.dumps({"step": s, "psnr": 20 + s / 10, "ssim": 0.5 + s / 200}) for s in (10, 30, 49)]
     log.write_text("\n".join(lines) + '\n{"step": 50, "lo')  # truncated last line of a live run
     out = tmp_path / "plots" / "loss.png"
-    assert ev.plot_loss(str(log), str(out)) is True
+    assert plots.plot_loss(str(log), str(out)) is True
     from PIL import Image
     im = Image.open(out)
     assert im.size[0] > 3 * im.size[1] / 1.5  # three panels side by side: loss, psnr, ssim
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    assert ev.plot_loss(str(empty), str(tmp_path / "e.png")) is False
+    assert plots.plot_loss(str(empty), str(tmp_path / "e.png")) is False
     assert not (tmp_path / "e.png").exists()
-    assert ev.plot_loss(str(tmp_path / "missing.jsonl"), str(tmp_path / "m.png")) is False
+    assert plots.plot_loss(str(tmp_path / "missing.jsonl"), str(tmp_path / "m.png")) is False
 
 
 def test_ema_debiased():
-    assert ev.ema([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])
-    s = ev.ema([0.0] * 10 + [1.0] * 10, 0.9)
+    assert plots.ema([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])
+    s = plots.ema([0.0] * 10 + [1.0] * 10, 0.9)
     assert s[9] == 0 and 0 < s[10] < s[-1] < 1

@@ -26,8 +26,10 @@ from PIL import Image
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import data  # noqa: E402
-import evaluate  # noqa: E402
+import checkpoint  # noqa: E402
+import runtime  # noqa: E402
 import sample  # noqa: E402
+import tasks  # noqa: E402
 import train  # noqa: E402
 
 FAST = ['--model', 'tiny', '--batch-size', '2', '--eval-n', '2', '--eval-steps', '2', '--timesteps', '50',
@@ -71,7 +73,7 @@ def faces(tmp_path_factory):
 def quick_plots():
     """In-process runs: an empty loss.png instead of a matplotlib figure (about a second each on a slow CPU)."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(evaluate, 'plot_loss', lambda log, png: open(png, 'wb').close())
+        mp.setattr(train, 'plot_loss', lambda log, png: open(png, 'wb').close())
         yield
 
 
@@ -143,18 +145,18 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(pairs, sr_run, tmp_pat
         return real_save(obj, f, *a, **k)
 
     monkeypatch.setattr(torch, 'save', save_fails_halfway)
-    with pytest.raises(train.TrainError, match=r'could not write .*ckpt\.pt \(\[Errno 28\] No space left on device\); '
+    with pytest.raises(runtime.UsageError, match=r'could not write .*ckpt\.pt \(\[Errno 28\] No space left on device\); '
                                                r'the previous file is untouched'):
-        train.save_checkpoint(ck, {'step': 3})
+        checkpoint.save_checkpoint(ck, {'step': 3})
     assert contents(out) == before  # same files, same bytes: no temp file left
-    assert train.load_checkpoint(ck)['step'] == 2
+    assert checkpoint.load_checkpoint(ck)['step'] == 2
     # inside a run: the save at step 4 works, the one at step 6 fails -> one line, exit 2, step 4 kept
     calls.clear()
     monkeypatch.setattr(torch, 'save', lambda obj, f, *a, **k: save_fails_halfway(obj, f, *a, fail_at=2, **k))
     fails(train.main, SR + ['--data', pairs, '--out', out, '--resume', '--max-iters', '6',
                             '--ckpt-every', '2'], capsys, 'could not write', ck)
     monkeypatch.undo()
-    assert len(calls) == 2 and train.load_checkpoint(ck)['step'] == 4
+    assert len(calls) == 2 and checkpoint.load_checkpoint(ck)['step'] == 4
     assert not [f for f in os.listdir(out) if '.tmp' in f]
 
 
@@ -170,11 +172,11 @@ def test_checkpoints_hold_plain_types_and_data_order_is_a_function_of_the_step(s
         assert plain(ck) and ck['step'] == 2 and set(ck['rng']) >= {'python', 'numpy', 'torch'}
         assert {'model', 'ema', 'opt', 'args', 'train_s'} <= ck.keys() and ck['args']['task'] == 'sr4_16'
     # the RNG states survive torch.save / torch.load(weights_only=True) and restore every generator
-    st = train.rng_state()
+    st = checkpoint.rng_state()
     path = os.path.join(tempfile.mkdtemp(), 'rng.pt')
     torch.save(st, path)
     first = (random.random(), np.random.rand(), torch.rand(1).item())
-    train.set_rng_state(torch.load(path, weights_only=True))
+    checkpoint.set_rng_state(torch.load(path, weights_only=True))
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
     # StepBatches: started at micro-step s it yields what a run from 0 yields from s on; ranks take disjoint slices
     ref = list(islice(iter(train.StepBatches(10, 2, 7, 0, 1, 0)), 20))
@@ -315,7 +317,7 @@ def test_a_signal_during_evaluation_or_data_loading(pairs, tmp_path, monkeypatch
     out = str(tmp_path / 'eval')
     rows = run(SR + ['--data', pairs, '--out', out, '--max-iters', '50', '--eval-every', '3', '--ckpt-every', '100'])
     assert 'SIGTERM: checkpoint saved at step 3' in capsys.readouterr().out
-    assert train.load_checkpoint(os.path.join(out, 'ckpt.pt'))['step'] == 3 and [s for s, _ in losses(rows)] == [1, 2, 3]
+    assert checkpoint.load_checkpoint(os.path.join(out, 'ckpt.pt'))['step'] == 3 and [s for s, _ in losses(rows)] == [1, 2, 3]
     assert [r['step'] for r in rows if r.get('eval')] == [3]  # the evaluation that was running finished
 
     def item_with_ctrl_c(self, i):
@@ -328,7 +330,7 @@ def test_a_signal_during_evaluation_or_data_loading(pairs, tmp_path, monkeypatch
     out = str(tmp_path / 'load')
     run(SR + ['--data', pairs, '--out', out, '--max-iters', '50', '--ckpt-every', '100'])
     assert 'SIGINT: checkpoint saved at step 5' in capsys.readouterr().out
-    assert train.load_checkpoint(os.path.join(out, 'ckpt.pt'))['step'] == 5
+    assert checkpoint.load_checkpoint(os.path.join(out, 'ckpt.pt'))['step'] == 5
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # restored
 
 # ----------------------------------------------------------------------------- 3. bad input
@@ -460,7 +462,7 @@ def test_a_folder_holding_a_run_is_never_clobbered(pairs, sr_run, tmp_path, caps
     assert contents(out) == before  # --overwrite checks the data before it deletes anything
     run(SR + ['--data', pairs, '--out', out, '--overwrite', '--max-iters', '1'])
     assert sorted(os.listdir(out)) == ['ckpt.pt', 'log.jsonl', 'loss.png', 'samples_0000001.png']  # old run gone
-    assert train.load_checkpoint(os.path.join(out, 'ckpt.pt'))['step'] == 1
+    assert checkpoint.load_checkpoint(os.path.join(out, 'ckpt.pt'))['step'] == 1
 
 
 hypothesis = pytest.importorskip('hypothesis')
@@ -485,8 +487,8 @@ def test_random_bytes_at_load_checkpoint_raise_train_error_only(sr_run, draw):
         path = os.path.join(d, 'ckpt.pt')
         open(path, 'wb').write(blob)
         try:
-            ck = train.load_checkpoint(path, task='sr4_16')
-        except train.TrainError as e:
+            ck = checkpoint.load_checkpoint(path, task='sr4_16')
+        except runtime.UsageError as e:
             assert path in str(e) and '\n' not in str(e)
         else:
             assert isinstance(ck, dict) and ck['args']['task'] == 'sr4_16'
@@ -534,7 +536,7 @@ def test_a_nan_gradient_under_a_finite_loss_never_reaches_a_checkpoint(pairs, tm
     out = str(tmp_path / 'run')
     fails(train.main, SR + ['--data', pairs, '--out', out, '--max-iters', '20', '--ckpt-every', '2'],
           capsys, 'non-finite weights after step 4')
-    ck = train.load_checkpoint(os.path.join(out, 'ckpt.pt'))
+    ck = checkpoint.load_checkpoint(os.path.join(out, 'ckpt.pt'))
     assert [s for s, _ in saved] == [2] and ck['step'] == 2
     assert all(torch.isfinite(v).all() for v in ck['model'].values())
 
@@ -608,8 +610,8 @@ def test_ddp_rank0_writes_ranks_stay_identical_and_resume_works(pairs, tmp_path)
     rows = [json.loads(l) for l in lines]
     assert len(set(lines)) == len(lines) and [s for s, _ in losses(rows)] == list(range(1, 9))
     assert [r['step'] for r in rows if r.get('eval')] == [4, 8]
-    ck = train.load_checkpoint(os.path.join(out, 'ckpt.pt'), task='sr4_16')
-    model = train.build_model('sr4_16', 'tiny')
+    ck = checkpoint.load_checkpoint(os.path.join(out, 'ckpt.pt'), task='sr4_16')
+    model = tasks.build_model('sr4_16', 'tiny')
     model.load_state_dict(ck['model'])
     assert ck['step'] == 8 and weights_digest(model) == d2[0]  # the checkpoint holds what the ranks trained
     assert sorted(os.listdir(out)) == ['ckpt.pt', 'log.jsonl', 'loss.png', 'samples_0000004.png', 'samples_0000008.png']
@@ -625,7 +627,7 @@ def test_ddp_a_nan_on_one_rank_stops_every_rank(pairs, tmp_path, monkeypatch):
     assert codes == [2, 2], logs
     for log in logs:
         one_error_line(log, 'non-finite loss at step 3')
-    assert train.load_checkpoint(os.path.join(out, 'ckpt.pt'))['step'] == 2
+    assert checkpoint.load_checkpoint(os.path.join(out, 'ckpt.pt'))['step'] == 2
 
 
 # ----------------------------------------------------------------------------- 6. download

@@ -1,4 +1,4 @@
-"""evaluate.py --sweep snapshots|steps on two tiny trained runs (standard, DREAM): CSV, PNG, JSON line, errors."""
+"""experiments/sweep.py --sweep snapshots|steps on two tiny trained runs (standard, DREAM): CSV, PNG, JSON line, errors."""
 import csv
 import json
 import os
@@ -8,9 +8,10 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, 'experiments'))
 
 import data  # noqa: E402
-import evaluate  # noqa: E402
+import sweep as sweeps  # noqa: E402
 import train  # noqa: E402
 from test_train import smooth_faces  # noqa: E402
 
@@ -31,7 +32,7 @@ def runs(tmp_path_factory):
 
 
 def sweep(argv, capsys):
-    rc = evaluate.main(argv)
+    rc = sweeps.main(argv)
     out, err = capsys.readouterr()
     return rc, out, err
 

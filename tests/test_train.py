@@ -10,7 +10,10 @@ import torch
 from PIL import Image
 
 import data
-import evaluate
+import checkpoint
+import metrics
+import runtime
+import tasks
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,15 +71,15 @@ def test_checkpoint_is_weights_only_and_checked_against_task_and_model(srdata, t
     ck = torch.load(out / 'ckpt.pt', weights_only=True)
     assert ck['step'] == 3 and ck['args']['task'] == 'sr8_32' and set(ck['rng']) >= {'python', 'numpy', 'torch'}
     assert (out / 'ckpt_0000002.pt').exists()
-    model, cfg = train.load_model(str(out / 'ckpt.pt'))
+    model, cfg = checkpoint.load_model(str(out / 'ckpt.pt'))
     assert not model.training and cfg['model'] == 'tiny'
-    with pytest.raises(train.TrainError, match='is for --task sr8_32, not sr16_64'):
-        train.load_checkpoint(str(out / 'ckpt.pt'), task='sr16_64')
-    with pytest.raises(train.TrainError, match='is for --model tiny, not small'):
-        train.load_checkpoint(str(out / 'ckpt.pt'), model='small')
+    with pytest.raises(runtime.UsageError, match='is for --task sr8_32, not sr16_64'):
+        checkpoint.load_checkpoint(str(out / 'ckpt.pt'), task='sr16_64')
+    with pytest.raises(runtime.UsageError, match='is for --model tiny, not small'):
+        checkpoint.load_checkpoint(str(out / 'ckpt.pt'), model='small')
     (tmp_path / 'bad.pt').write_bytes(b'not a checkpoint')
-    with pytest.raises(train.TrainError, match='bad.pt: not a dream-relay checkpoint or corrupted'):
-        train.load_checkpoint(str(tmp_path / 'bad.pt'))
+    with pytest.raises(runtime.UsageError, match='bad.pt: not a dream-relay checkpoint or corrupted'):
+        checkpoint.load_checkpoint(str(tmp_path / 'bad.pt'))
 
 
 @pytest.mark.parametrize('argv, message', [
@@ -119,14 +122,14 @@ def test_a_tiny_model_learns(srdata, tmp_path):
                        '--eval-steps', '20', '--batch-size', '8', '--eval-n', '8'])
     losses = [r['loss'] for r in rows if 'loss' in r]
     assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:10])
-    trained, cfg = train.load_model(str(out / 'ckpt.pt'))
-    untrained = train.build_model(cfg['task'], cfg['model']).eval()
+    trained, cfg = checkpoint.load_model(str(out / 'ckpt.pt'))
+    untrained = tasks.build_model(cfg['task'], cfg['model']).eval()
     ds = data.SRPairs(os.path.join(srdata, 'train'), 8, 32)
     hr, sr = (torch.stack([ds[i][k] for i in range(8)]) for k in ('hr', 'sr'))
     psnr = {}
     for name, m in (('trained', trained), ('untrained', untrained)):
-        x = train.make_diffusion(m, cfg).sample(sr, 20, generator=torch.Generator().manual_seed(0))
-        psnr[name] = evaluate.psnr(x, hr).mean().item()
+        x = tasks.make_diffusion(m, cfg).sample(sr, 20, generator=torch.Generator().manual_seed(0))
+        psnr[name] = metrics.psnr(x, hr).mean().item()
     assert psnr['trained'] > psnr['untrained'] + 5, psnr
     ev = [r for r in rows if r.get('eval')][-1]
     assert ev['psnr'] > psnr['untrained'] + 5  # the in-training evaluation (another seed) sees it too

@@ -1,0 +1,121 @@
+"""Checkpoints: one plain dict in one file, written atomically, read back with torch.load(weights_only=True).
+
+    {'model', 'ema', 'opt': state dicts, 'step': int, 'train_s': float, 'args': the flags (plain types),
+     'rng': rank 0's RNG states, 'rng_ranks': every rank's RNG states, indexed by rank (DDP)}
+
+The RNG states hold Python's, NumPy's and torch's CPU generator, and under CUDA this process's own GPU generator
+(torch.cuda.get_rng_state(device)), so each DDP rank resumes its own noise exactly.
+"""
+import os
+import random
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from runtime import UsageError
+from tasks import build_model
+
+REQUIRED_KEYS = {'model', 'ema', 'opt', 'rng', 'step'}
+
+
+def save_checkpoint(path, state):
+    """Atomic: write a temp file, flush + fsync, rename over the old file, fsync the folder. A failure
+    (disk full, ...) leaves the previous file as it was, removes the temp file and raises UsageError."""
+    tmp = f'{path}.tmp{os.getpid()}'
+    try:
+        with open(tmp, 'wb') as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
+        raise UsageError(f"could not write {path} ({' '.join(str(e).split())}); the previous file is untouched")
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    folder = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    os.fsync(folder)  # the rename itself survives a power cut
+    os.close(folder)
+
+
+def load_checkpoint(path, task=None, model=None):
+    """Load a checkpoint (weights_only) and check it fits the given task / model size; one-line errors."""
+    if not os.path.isfile(path):
+        raise UsageError(f'checkpoint {path}: no such file')
+    try:
+        ck = torch.load(path, map_location='cpu', weights_only=True)
+        if not isinstance(ck, dict) or not isinstance(ck.get('args'), dict) or not REQUIRED_KEYS <= ck.keys():
+            raise ValueError
+    except Exception as e:
+        raise UsageError(f'checkpoint {path}: not a dream-relay checkpoint or corrupted ({type(e).__name__})')
+    for key, want in (('task', task), ('model', model)):
+        if want is not None and ck['args'][key] != want:
+            raise UsageError(f"checkpoint {path} is for --{key} {ck['args'][key]}, not {want}")
+    return ck
+
+
+def load_weights(path, pairs):
+    """module.load_state_dict(state) for (module, state) pairs; a mismatch (e.g. an older preset) is one line."""
+    try:
+        for module, state in pairs:
+            module.load_state_dict(state)
+    except Exception as e:
+        raise UsageError(f"checkpoint {path}: does not fit the network ({' '.join(str(e).split())[:160]})")
+
+
+def load_model(path, device='cpu', ema=True, task=None):
+    """The (EMA) network of a checkpoint, in eval mode, with its flags. For sampling and evaluation."""
+    ck = load_checkpoint(path, task=task)
+    net = build_model(ck['args']['task'], ck['args']['model'])
+    load_weights(path, [(net, ck['ema'] if ema else ck['model'])])
+    return net.to(device).eval(), ck['args']
+
+
+# ----------------------------------------------------------------------------- RNG states
+def rng_state(device=torch.device('cpu')):
+    """This process's RNG states as plain types: Python, NumPy (its uint32 array as int64 for weights_only),
+    torch CPU, and on CUDA the generator of this process's own GPU."""
+    name, keys, pos, has_gauss, cached_gauss = np.random.get_state()
+    state = dict(python=random.getstate(),
+                 numpy=[name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached_gauss],
+                 torch=torch.get_rng_state())
+    if torch.device(device).type == 'cuda':
+        state['cuda'] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state, device=torch.device('cpu')):
+    """Restore rng_state(device). A 'cuda' entry saved by older versions (a list, one state per GPU) gives this
+    GPU its own element."""
+    random.setstate(state['python'])
+    name, keys, pos, has_gauss, cached_gauss = state['numpy']
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached_gauss))
+    torch.set_rng_state(state['torch'])
+    device = torch.device(device)
+    if device.type == 'cuda' and 'cuda' in state:
+        cuda_state = state['cuda']
+        if isinstance(cuda_state, (list, tuple)):
+            cuda_state = cuda_state[device.index or 0]
+        torch.cuda.set_rng_state(cuda_state, device)
+
+
+def gather_rng_states(device, world):
+    """Every rank's rng_state, indexed by rank (a collective: every rank calls it; world 1 needs no group)."""
+    mine = rng_state(device)
+    if world == 1:
+        return [mine]
+    states = [None] * world
+    dist.all_gather_object(states, mine)
+    return states
+
+
+def rank_rng_state(ck, rank, world):
+    """The RNG state this rank resumes from: its own entry of 'rng_ranks', or for a single process 'rng'
+    (checkpoints before per-rank states). None when the checkpoint has no state for this rank."""
+    ranks = ck.get('rng_ranks')
+    if ranks is not None and len(ranks) == world:
+        return ranks[rank]
+    if world == 1:
+        return ck['rng']
+    return None
