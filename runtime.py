@@ -75,8 +75,6 @@ def pick_dtype(name, device, cpuinfo_path='/proc/cpuinfo'):
     if not found:
         return torch.float32, f'CPU flags have no {" / ".join(CPU_BF16_FLAGS)} (capability {capability}): ' \
                               'bf16 autocast would hit slow kernels'
-    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return torch.float32, f'CPU flags {" ".join(found)} but this torch build has no oneDNN bf16'
     return torch.bfloat16, f'CPU flags {" ".join(found)}: native bf16'
 
 

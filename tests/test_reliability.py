@@ -560,11 +560,11 @@ def torchrun(dump, args, tmp_path):
     return r, [open(os.path.join(dump, f'rank{k}.txt')).read() for k in (0, 1)]
 
 
-def spawn_ranks(argv, logs, world=2, timeout=120, nan_from=None):
+def spawn_ranks(argv, logs, world=2, timeout=120, nan_from=None, extra_env=None):
     """train.main as `world` DDP ranks (gloo), each a `python tests/ddp_run.py LOGS ARGS` subprocess with the torchrun
     environment set by hand (no torchrun start-up; forking this process instead can deadlock gloo / OpenMP in a long
     test session). Each rank writes LOGS/rank<R>.log (stdout + stderr) and, when it finishes, LOGS/rank<R>.txt (its
-    weights' digest). nan_from='STEP,RANK' makes that rank's loss NaN from STEP on. Returns the exit codes; fails if a
+    weights' digest). nan_from='STEP,RANK' makes that rank's loss NaN from STEP on; `extra_env` adds variables. Returns the exit codes; fails if a
     rank still runs after `timeout` seconds (a hang)."""
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
@@ -572,7 +572,9 @@ def spawn_ranks(argv, logs, world=2, timeout=120, nan_from=None):
     procs = []
     for r in range(world):
         env = dict(ENV, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(world), MASTER_ADDR='127.0.0.1',
-                   MASTER_PORT=str(port), **({'DDP_RUN_NAN_FROM': nan_from} if nan_from else {}))
+                   MASTER_PORT=str(port), **(extra_env or {}))
+        if nan_from:
+            env['DDP_RUN_NAN_FROM'] = nan_from
         log = open(os.path.join(logs, f'rank{r}.log'), 'w')
         procs.append(subprocess.Popen([sys.executable, os.path.join(ROOT, 'tests', 'ddp_run.py'), logs, *argv],
                                       cwd=logs, env=env, stdout=log, stderr=subprocess.STDOUT))
