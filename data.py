@@ -393,15 +393,20 @@ def download(name='celebahq_16_128', dest=None, url=None, progress=True):
         with os.fdopen(fd, 'wb') as f:
             req = urllib.request.Request(url, headers={'User-Agent': 'dream-relay'})
             with urllib.request.urlopen(req, timeout=60) as r:
-                total, got = int(r.headers.get('Content-Length') or 0) or None, 0
+                total = int(r.headers.get('Content-Length') or 0) or None
+                got = 0
                 with tqdm(total=total, unit='B', unit_scale=True, desc=name, disable=not progress) as bar:
-                    while chunk := r.read(1 << 20):
+                    while True:
+                        chunk = r.read(1 << 20)
+                        if not chunk:
+                            break
                         f.write(chunk)
                         got += len(chunk)
                         bar.update(len(chunk))
         if total is not None and got != total:
             raise OSError(f"connection dropped after {got} of {total} bytes")
-        if why := _check_zip(tmp, name):
+        why = _check_zip(tmp, name)
+        if why:
             raise OSError(why)
         os.replace(tmp, final)
         return final

@@ -33,9 +33,9 @@ from runtime import (Parser, UsageError, allow_tf32, describe, memory_format, pi
                      setup_ddp, teardown_ddp, autocast)
 from tasks import (LOSS_DEFAULTS as LOSS, build_model, check_resolution, compute_loss, heldout, parse_task,
                    sample_and_score)
+from trainset import check_data_flags, datasets, make_loader, to_device
 from unet import PRESETS
 
-DREAM_EVAL_SET = 'celebahq_16_128'  # DREAM's 100 CelebA-HQ validation faces (data.download): held out, never trained on
 POSITIVE = 'max_iters batch_size grad_accum timesteps log_every eval_n eval_steps ckpt_every eval_every lr'.split()
 NON_NEGATIVE = ['snapshot_every', 'holdout']
 
@@ -105,14 +105,12 @@ def check_args(a):
             raise UsageError(f'{flag} must be non-negative, got {value}')
     if a.eval_steps > a.timesteps:
         raise UsageError(f'--eval-steps {a.eval_steps} exceeds --timesteps {a.timesteps}')
-    if a.smoke_on_eval_set and (a.data is not None or a.task != 'sr16_128'):
-        raise UsageError(f"--smoke-on-eval-set trains on DREAM's {DREAM_EVAL_SET} images: only --task sr16_128, "
-                         'without --data')
     if a.resume and not os.path.exists(os.path.join(a.out, 'ckpt.pt')):
         raise UsageError(f'--resume: no checkpoint to resume in {a.out}')
     if holds_a_run(a.out) and not (a.resume or a.overwrite):
         raise UsageError(f'{a.out} already holds a run: pass --resume to continue it or --overwrite to start over')
     check_resolution(a.task, a.model)
+    check_data_flags(a)
 
 
 def holds_a_run(out):
@@ -120,87 +118,6 @@ def holds_a_run(out):
     if not os.path.isdir(out):
         return False
     return any(re.fullmatch(r'ckpt(_\d+)?\.pt|log\.jsonl', f) for f in os.listdir(out))
-
-
-# ----------------------------------------------------------------------------- data
-def datasets(a):
-    """(train set, held-out set, note). Held-out: --val-data, DATA/val, the first --holdout images, or for sr16_128
-    DREAM's 100 validation faces. Those faces are never trained on, unless --smoke-on-eval-set says so."""
-    info = a.task_info
-    if info['kind'] == 'sr':
-        def make(root):
-            return data.SRPairs(root, info['lr'], info['hr'])
-    else:
-        def make(root):
-            return data.ImageFolder(root, info['res'])
-    if a.data is None and a.smoke_on_eval_set:
-        print(f"WARNING: --smoke-on-eval-set: training and evaluating on DREAM's 100 validation faces "
-              f'({DREAM_EVAL_SET}): a smoke test of the code, not a result')
-        root = data.download(DREAM_EVAL_SET)  # a failure is a one-line data.DataError
-        train = make(root)
-        return train, train, f'WARNING: the training images ({DREAM_EVAL_SET})'
-    if a.data is None:
-        raise UsageError(f"--data is required: build a training set from any image folder with `python data.py prepare "
-                         f"SRC DST --lr {info['lr']} --hr {info['hr']}`" + (
-                             f" (DREAM's {DREAM_EVAL_SET} faces are the held-out set)" if a.task == 'sr16_128' else ''))
-    train_root, val_root = data.split_root(a.data)
-    val_root = a.val_data or val_root
-    train = make(train_root)
-    if val_root is not None:
-        return train, make(val_root), f'held-out set {val_root}'
-    if a.holdout:
-        if a.holdout >= len(train):
-            raise UsageError(f'--holdout {a.holdout} leaves no training images (data set has {len(train)})')
-        kept = torch.utils.data.Subset(train, range(a.holdout, len(train)))
-        held = torch.utils.data.Subset(train, range(a.holdout))
-        return kept, held, f'held out the first {a.holdout} images'
-    if a.task == 'sr16_128':
-        root = data.download(DREAM_EVAL_SET)
-        return train, make(root), f"DREAM's 100 validation faces ({DREAM_EVAL_SET})"
-    return train, train, 'WARNING: no held-out split, evaluating on training images'
-
-
-class StepBatches(torch.utils.data.Sampler):
-    """Batch indices as a pure function of the micro-step: a fresh permutation per epoch (seed, epoch), each
-    rank taking its slice of the global batch. Resuming at step s reproduces the exact data order."""
-
-    def __init__(self, n, batch, seed, rank, world, start):
-        self.n, self.batch, self.seed, self.rank, self.world, self.start = n, batch, seed, rank, world, start
-        self.per_epoch = n // (batch * world)
-        if self.per_epoch == 0:
-            raise UsageError(f'data set has {n} images, fewer than the global batch {batch * world}')
-
-    def __iter__(self):
-        step, perm, epoch = self.start, None, -1
-        while True:
-            e, i = divmod(step, self.per_epoch)
-            if e != epoch:
-                epoch = e
-                perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100003 + e))
-            first = (i * self.world + self.rank) * self.batch
-            yield perm[first:first + self.batch].tolist()
-            step += 1
-
-
-def worker_init(_):
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the main process handles it
-
-
-def make_loader(train_set, a, dist_info, start_step):
-    workers = a.workers if a.workers >= 0 else (4 if dist_info.device.type == 'cuda' else 0)
-    batches = StepBatches(len(train_set), a.batch_size, a.seed, dist_info.rank, dist_info.world,
-                          start_step * a.grad_accum)
-    return torch.utils.data.DataLoader(train_set, batch_sampler=batches, num_workers=workers,
-                                       pin_memory=dist_info.device.type == 'cuda', persistent_workers=workers > 0,
-                                       generator=torch.Generator().manual_seed(a.seed), worker_init_fn=worker_init)
-
-
-def to_device(batch, device, fmt, batch_size):
-    """Tensors of a batch on the device, with SR3's random horizontal flips (from the checkpointed torch RNG)."""
-    batch = {k: v.to(device, non_blocking=True).contiguous(memory_format=fmt) for k, v in batch.items()
-             if torch.is_tensor(v)}
-    flip = (torch.rand(batch_size) < 0.5).to(device)[:, None, None, None]
-    return {k: torch.where(flip, v.flip(-1), v) for k, v in batch.items()}
 
 
 # ----------------------------------------------------------------------------- output folder, log, evaluation
@@ -288,19 +205,6 @@ def train(a):
     params = list(model.parameters())
     ema_params = list(ema.parameters())
 
-    def save(s):
-        """Every rank checks the weights (DDP keeps them equal) and hands in its RNG state; rank 0 writes."""
-        if not torch.stack([p.isfinite().all() for p in params]).all():
-            raise UsageError(f'non-finite weights after step {s}: stopped; the last good checkpoint {ck_path} is untouched')
-        rng_ranks = gather_rng_states(device, world)
-        if rank != 0:
-            return
-        state = dict(model=model.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), step=s, train_s=train_s,
-                     rng=rng_ranks[0], rng_ranks=rng_ranks, args={k: v for k, v in vars(a).items() if k != 'task_info'})
-        save_checkpoint(ck_path, state)
-        if a.snapshot_every and s % a.snapshot_every == 0:
-            save_checkpoint(os.path.join(a.out, f'ckpt_{s:07d}.pt'), state)
-
     # -- the loop; SIGINT / SIGTERM only set a flag, acted on at the end of a step
     signals_seen = []
     old_handlers = {sig: signal.signal(sig, lambda signum, frame: signals_seen.append(signum))
@@ -374,7 +278,7 @@ def train(a):
 
             # checkpoint
             if save_due or stopping:
-                save(step)
+                write_checkpoint(a, step, train_s, model, ema, opt, dist_info)
 
             # stop on a signal
             if stopping:
@@ -387,6 +291,22 @@ def train(a):
             signal.signal(sig, handler)
     teardown_ddp(dist_info)
     return step
+
+
+def write_checkpoint(a, step, train_s, model, ema, opt, dist_info):
+    """Every rank checks the weights (DDP keeps them equal: a NaN never reaches a checkpoint) and hands in its RNG
+    state; rank 0 writes ckpt.pt (and ckpt_<step>.pt every --snapshot-every steps)."""
+    ck_path = os.path.join(a.out, 'ckpt.pt')
+    if not torch.stack([p.isfinite().all() for p in model.parameters()]).all():
+        raise UsageError(f'non-finite weights after step {step}: stopped; the last good checkpoint {ck_path} is untouched')
+    rng_ranks = gather_rng_states(dist_info.device, dist_info.world)
+    if dist_info.rank != 0:
+        return
+    state = dict(model=model.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), step=step, train_s=train_s,
+                 rng=rng_ranks[0], rng_ranks=rng_ranks, args={k: v for k, v in vars(a).items() if k != 'task_info'})
+    save_checkpoint(ck_path, state)
+    if a.snapshot_every and step % a.snapshot_every == 0:
+        save_checkpoint(os.path.join(a.out, f'ckpt_{step:07d}.pt'), state)
 
 
 def agree(bad_step, signalled, device):

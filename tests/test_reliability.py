@@ -31,6 +31,7 @@ import runtime  # noqa: E402
 import sample  # noqa: E402
 import tasks  # noqa: E402
 import train  # noqa: E402
+import trainset  # noqa: E402
 
 FAST = ['--model', 'tiny', '--batch-size', '2', '--eval-n', '2', '--eval-steps', '2', '--timesteps', '50',
         '--log-every', '5', '--eval-every', '1000', '--device', 'cpu', '--dtype', 'fp32']
@@ -179,10 +180,10 @@ def test_checkpoints_hold_plain_types_and_data_order_is_a_function_of_the_step(s
     checkpoint.set_rng_state(torch.load(path, weights_only=True))
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
     # StepBatches: started at micro-step s it yields what a run from 0 yields from s on; ranks take disjoint slices
-    ref = list(islice(iter(train.StepBatches(10, 2, 7, 0, 1, 0)), 20))
+    ref = list(islice(iter(trainset.StepBatches(10, 2, 7, 0, 1, 0)), 20))
     for s in (0, 3, 5, 11):
-        assert list(islice(iter(train.StepBatches(10, 2, 7, 0, 1, s)), 20 - s)) == ref[s:]
-    r0, r1 = (list(islice(iter(train.StepBatches(10, 2, 7, r, 2, 0)), 4)) for r in (0, 1))
+        assert list(islice(iter(trainset.StepBatches(10, 2, 7, 0, 1, s)), 20 - s)) == ref[s:]
+    r0, r1 = (list(islice(iter(trainset.StepBatches(10, 2, 7, r, 2, 0)), 4)) for r in (0, 1))
     assert all(not set(a) & set(b) for a, b in zip(r0, r1))
 
 

@@ -1,0 +1,104 @@
+"""The data of a training run: the training and held-out sets of a task, and the batches each rank draws.
+
+Held-out images are never trained on: --val-data, DATA/val, the first --holdout images, or for sr16_128 DREAM's 100
+CelebA-HQ validation faces (data.download('celebahq_16_128')); training those faces takes --smoke-on-eval-set.
+The batch order is a pure function of the step (StepBatches), so a resumed run sees the batches it would have seen.
+"""
+import signal
+
+import torch
+
+import data
+from runtime import UsageError
+
+DREAM_EVAL_SET = 'celebahq_16_128'  # DREAM's 100 CelebA-HQ validation faces (data.download): held out, never trained on
+
+
+def check_data_flags(a):
+    """Before any set-up: training needs --data, unless --smoke-on-eval-set asks to train on DREAM's faces."""
+    info = a.task_info
+    if a.smoke_on_eval_set and (a.data is not None or a.task != 'sr16_128'):
+        raise UsageError(f"--smoke-on-eval-set trains on DREAM's {DREAM_EVAL_SET} images: only --task sr16_128, "
+                         'without --data')
+    if a.data is None and not a.smoke_on_eval_set:
+        held_out = f" (DREAM's {DREAM_EVAL_SET} faces are the held-out set)" if a.task == 'sr16_128' else ''
+        raise UsageError('--data is required: build a training set from any image folder with '
+                         f"`python data.py prepare SRC DST --lr {info['lr']} --hr {info['hr']}`{held_out}")
+
+
+def datasets(a):
+    """(train set, held-out set, note). Held-out: --val-data, DATA/val, the first --holdout images, or for sr16_128
+    DREAM's 100 validation faces. Those faces are never trained on, unless --smoke-on-eval-set says so."""
+    info = a.task_info
+    if info['kind'] == 'sr':
+        def make(root):
+            return data.SRPairs(root, info['lr'], info['hr'])
+    else:
+        def make(root):
+            return data.ImageFolder(root, info['res'])
+    if a.data is None and a.smoke_on_eval_set:
+        print(f"WARNING: --smoke-on-eval-set: training and evaluating on DREAM's 100 validation faces "
+              f'({DREAM_EVAL_SET}): a smoke test of the code, not a result')
+        root = data.download(DREAM_EVAL_SET)  # a failure is a one-line data.DataError
+        train = make(root)
+        return train, train, f'WARNING: the training images ({DREAM_EVAL_SET})'
+    train_root, val_root = data.split_root(a.data)
+    val_root = a.val_data or val_root
+    train = make(train_root)
+    if val_root is not None:
+        return train, make(val_root), f'held-out set {val_root}'
+    if a.holdout:
+        if a.holdout >= len(train):
+            raise UsageError(f'--holdout {a.holdout} leaves no training images (data set has {len(train)})')
+        kept = torch.utils.data.Subset(train, range(a.holdout, len(train)))
+        held = torch.utils.data.Subset(train, range(a.holdout))
+        return kept, held, f'held out the first {a.holdout} images'
+    if a.task == 'sr16_128':
+        root = data.download(DREAM_EVAL_SET)
+        return train, make(root), f"DREAM's 100 validation faces ({DREAM_EVAL_SET})"
+    return train, train, 'WARNING: no held-out split, evaluating on training images'
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """Batch indices as a pure function of the micro-step: a fresh permutation per epoch (seed, epoch), each
+    rank taking its slice of the global batch. Resuming at step s reproduces the exact data order."""
+
+    def __init__(self, n, batch, seed, rank, world, start):
+        self.n, self.batch, self.seed, self.rank, self.world, self.start = n, batch, seed, rank, world, start
+        self.per_epoch = n // (batch * world)
+        if self.per_epoch == 0:
+            raise UsageError(f'data set has {n} images, fewer than the global batch {batch * world}')
+
+    def __iter__(self):
+        step, perm, epoch = self.start, None, -1
+        while True:
+            e, i = divmod(step, self.per_epoch)
+            if e != epoch:
+                epoch = e
+                perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100003 + e))
+            first = (i * self.world + self.rank) * self.batch
+            yield perm[first:first + self.batch].tolist()
+            step += 1
+
+
+def worker_init(_):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the main process handles it
+
+
+def make_loader(train_set, a, dist_info, start_step):
+    workers = a.workers
+    if workers < 0:  # the default: 4 on CUDA, none on the CPU (workers there only compete for the same cores)
+        workers = 4 if dist_info.device.type == 'cuda' else 0
+    batches = StepBatches(len(train_set), a.batch_size, a.seed, dist_info.rank, dist_info.world,
+                          start_step * a.grad_accum)
+    return torch.utils.data.DataLoader(train_set, batch_sampler=batches, num_workers=workers,
+                                       pin_memory=dist_info.device.type == 'cuda', persistent_workers=workers > 0,
+                                       generator=torch.Generator().manual_seed(a.seed), worker_init_fn=worker_init)
+
+
+def to_device(batch, device, fmt, batch_size):
+    """Tensors of a batch on the device, with SR3's random horizontal flips (from the checkpointed torch RNG)."""
+    batch = {k: v.to(device, non_blocking=True).contiguous(memory_format=fmt) for k, v in batch.items()
+             if torch.is_tensor(v)}
+    flip = (torch.rand(batch_size) < 0.5).to(device)[:, None, None, None]
+    return {k: torch.where(flip, v.flip(-1), v) for k, v in batch.items()}
