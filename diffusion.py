@@ -15,6 +15,9 @@ SR3 is the default: the network predicts eps and x0 is the high-res image. Two d
                     150x at SR3's last noise level, which a small network cannot afford.
   residual=True     diffuse the residual x0 = HR - bicubic(LR) (SRDiff, Li et al. 2022), the bicubic image is
                     added back after sampling.
+  noise_cond='log_sigma'  condition the network on ln(sigma) / 4, sigma = sqrt(1 - gamma^2) / gamma (EDM's c_noise of
+                    the equivalent variance-exploding noise level) instead of gamma: gamma crowds every low noise
+                    level into [0.99, 1], where SR3's sinusoidal embedding cannot tell them apart.
 """
 import math
 
@@ -26,6 +29,7 @@ from tqdm import tqdm
 from dream import rectify_eps
 
 PREDICTIONS = ('eps', 'x0', 'v')
+NOISE_CONDS = ('gamma', 'log_sigma')
 
 
 def beta_schedule(kind, steps, start=1e-6, end=1e-2, cosine_s=8e-3):
@@ -62,10 +66,40 @@ def _bcast(v):
     return v.reshape(-1, 1, 1, 1)
 
 
+def downsample_matrix(n_hr, n_lr, device=None):
+    """(n_lr, n_hr) matrix of 1-D antialiased bicubic downsampling (torch's, which follows PIL's), float64."""
+    eye = torch.eye(n_hr, dtype=torch.float64, device=device).reshape(n_hr, 1, 1, n_hr)
+    rows = F.interpolate(eye, size=(1, n_lr), mode='bicubic', antialias=True, align_corners=False)
+    return rows.reshape(n_hr, n_lr).T
+
+
+class LowResProjection:
+    """Exact projection of an image onto the images whose bicubic downsample is the low-res input (a consistency
+    step in the sampler, our option; the range-null-space idea of DDNM, Wang et al. 2023):
+        x <- x + P_h (lr - D_h x D_w^T) P_w^T,   P = D^T (D D^T)^-1 (the pseudo-inverse of each 1-D operator).
+    It replaces the low frequencies of x0_hat by the input's and keeps the model's high frequencies."""
+
+    def __init__(self, lr, hr_size):
+        h, w = hr_size
+        self.lr = lr.double()
+        self.D_h = downsample_matrix(h, lr.shape[-2], lr.device)
+        self.D_w = downsample_matrix(w, lr.shape[-1], lr.device)
+        self.P_h = torch.linalg.pinv(self.D_h)
+        self.P_w = torch.linalg.pinv(self.D_w)
+
+    def __call__(self, x):
+        xd = x.double()
+        residual = self.lr - self.D_h @ xd @ self.D_w.T
+        return (xd + self.P_h @ residual @ self.P_w.T).to(x.dtype)
+
+
 class GaussianDiffusion:
-    def __init__(self, model, betas, pred='eps', residual=False):
+    def __init__(self, model, betas, pred='eps', residual=False, noise_cond='gamma'):
         if pred not in PREDICTIONS:
             raise ValueError(f"unknown prediction target '{pred}' ({', '.join(PREDICTIONS)})")
+        if noise_cond not in NOISE_CONDS:
+            raise ValueError(f"unknown noise conditioning '{noise_cond}' ({', '.join(NOISE_CONDS)})")
+        self.noise_cond = noise_cond
         self.model = model  # any nn.Module with forward(x, noise_level); may be DDP-wrapped for training
         self.pred = pred
         self.residual = residual
@@ -75,11 +109,18 @@ class GaussianDiffusion:
         self.alpha_bar = torch.cat([torch.ones(1, dtype=torch.float64), ab])  # alpha_bar[0] = 1, [t] for t = 1..T
         self.gamma = self.alpha_bar.sqrt()  # SR3's sqrt_alphas_cumprod_prev
 
+    def noise_level(self, gamma):
+        """What the network is conditioned on: SR3's gamma, or ln(sigma) / 4 with sigma = sqrt(1 - gamma^2) / gamma."""
+        if self.noise_cond == 'gamma':
+            return gamma.reshape(-1)
+        g = gamma.double().reshape(-1)
+        return ((1 - g * g).sqrt() / g).log().float() / 4
+
     def net_out(self, x_t, cond, gamma, model=None):
         """The raw network output: input = [cond, x_t] along channels (SR3's order), noise level gamma."""
         net = self.model if model is None else model
         inp = x_t if cond is None else torch.cat([cond, x_t], dim=1)
-        return net(inp, gamma.to(x_t.dtype).reshape(-1)).float()
+        return net(inp, self.noise_level(gamma).to(x_t.dtype)).float()
 
     def predict(self, x_t, cond, gamma, model=None):
         """(x0_hat, eps_hat) from the network's output, whatever it predicts (eps, x0 or v)."""
@@ -170,13 +211,15 @@ class GaussianDiffusion:
 
     @torch.inference_mode()
     def sample(self, cond, steps, sampler='ddpm', shape=None, generator=None, clip=True, eta=0.0,
-               progress=False, eps_fn=None):
+               progress=False, eps_fn=None, lr=None):
         """Generate x0 given `cond` (B, C, H, W) with `steps` network evaluations.
 
         sampler 'ddpm': ancestral sampling with the posterior q(x_{s} | x_t, x0_hat) of the respaced chain
         (DDPM Eq. 6-7); 'ddim': DDIM (Song et al. Eq. 12) with eta (0 = deterministic). x0_hat is clipped
         so that the image lies in [-1, 1] when `clip`. `eps_fn(x_t, gamma)` replaces the network (used by tests
         with closed forms). With `residual` the bicubic condition is added back to the result.
+        lr: the low-res input (B, C, h, w) in [-1, 1]; when given, every x0_hat is projected onto the images whose
+        bicubic downsample is lr (LowResProjection), before clipping. Not SR3: an option (README).
         """
         if sampler not in ('ddpm', 'ddim'):
             raise ValueError(f"unknown sampler '{sampler}' (ddpm, ddim)")
@@ -210,6 +253,7 @@ class GaussianDiffusion:
                 xin = x.contiguous(memory_format=torch.channels_last) if on_cpu else x
                 return self.predict(xin, c, gamma, net)
 
+        project = None if lr is None else LowResProjection(lr.to(device), shape[-2:])
         ab = self.respaced(steps).to(device)
         x = randn()
         for i in tqdm(range(steps, 0, -1), desc=f'{sampler} {steps} steps', disable=not progress, leave=False):
@@ -217,6 +261,9 @@ class GaussianDiffusion:
             a_s = ab[i - 1]
             gamma = a_t.sqrt().float().expand(shape[0])
             x0, e = denoise(x, gamma)
+            if project is not None:
+                x0 = project(x0 + base) - base
+                e = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()
             if clip:
                 x0 = torch.clamp(x0 + base, -1, 1) - base
                 e = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()  # the noise consistent with the clipped x0
