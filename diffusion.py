@@ -156,7 +156,7 @@ class GaussianDiffusion:
         t = torch.randint(1, self.num_timesteps + 1, (b,), generator=generator)
         u = torch.rand(b, generator=generator, dtype=torch.float64)
         g = self.gamma[t - 1] + u * (self.gamma[t] - self.gamma[t - 1])
-        return g.float().to(device)
+        return g.to(device)  # float64: 1 - gamma^2 near gamma = 1 needs it (log_sigma conditioning)
 
     def loss(self, x0, cond, dream_p=None, loss_type='l1', generator=None):
         """Training loss: standard SR3 (dream_p None) or DREAM-rectified (dream_p = p, paper Algorithm 1).
@@ -259,7 +259,7 @@ class GaussianDiffusion:
         for i in tqdm(range(steps, 0, -1), desc=f'{sampler} {steps} steps', disable=not progress, leave=False):
             a_t = ab[i]
             a_s = ab[i - 1]
-            gamma = a_t.sqrt().float().expand(shape[0])
+            gamma = a_t.sqrt().expand(shape[0])
             x0, e = denoise(x, gamma)
             if project is not None:
                 x0 = project(x0 + base) - base
