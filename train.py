@@ -238,8 +238,8 @@ def train(a):
             snapshot_due = a.snapshot_every and step % a.snapshot_every == 0
             save_due = step % a.ckpt_every == 0 or step == a.max_iters or snapshot_due
             eval_due = step % a.eval_every == 0 or step == a.max_iters
-            stopping = bool(signals_seen) and not ddp  # DDP: the ranks agree at the next log line
-            log_due = step % a.log_every == 0 or save_due or eval_due or stopping
+            ranks_signalled = False  # DDP: whether any rank saw a signal, known at a log line (one all-reduce)
+            log_due = step % a.log_every == 0 or save_due or eval_due or (bool(signals_seen) and not ddp)
 
             # timing and logging: one host sync per log interval; a non-finite loss or a signal on any rank stops all
             if log_due:
@@ -248,7 +248,7 @@ def train(a):
                 rows = [dict(step=step - len(losses) + 1 + i, loss=v) for i, v in enumerate(losses)]
                 bad_step = next((r['step'] for r in rows if not math.isfinite(r['loss'])), 0)
                 if ddp:
-                    bad_step, stopping = agree(bad_step, bool(signals_seen), device)
+                    bad_step, ranks_signalled = agree(bad_step, bool(signals_seen), device)
                 if bad_step:
                     raise UsageError(f'non-finite loss at step {bad_step}: stopped; the last good checkpoint {ck_path} '
                                      'is untouched')
@@ -263,7 +263,7 @@ def train(a):
             bar.update(1)
 
             # evaluation of the EMA model on held-out images (rank 0; never after a signal)
-            if eval_due and not stopping:
+            if eval_due and not stop_requested(signals_seen, ddp, ranks_signalled):
                 if rank == 0:
                     res = run_eval(ema, a, val_set, step, device, dtype)
                     if res:
@@ -273,10 +273,9 @@ def train(a):
                     t0 = time.perf_counter()  # evaluation time does not count against img/s
                 if ddp:
                     dist.barrier()
-                else:
-                    stopping = bool(signals_seen)  # a signal that came during the evaluation
 
-            # checkpoint
+            # checkpoint (and stop, after a signal: one that came during the evaluation too)
+            stopping = stop_requested(signals_seen, ddp, ranks_signalled)
             if save_due or stopping:
                 write_checkpoint(a, step, train_s, model, ema, opt, dist_info)
 
@@ -307,6 +306,12 @@ def write_checkpoint(a, step, train_s, model, ema, opt, dist_info):
     save_checkpoint(ck_path, state)
     if a.snapshot_every and step % a.snapshot_every == 0:
         save_checkpoint(os.path.join(a.out, f'ckpt_{step:07d}.pt'), state)
+
+
+def stop_requested(signals_seen, ddp, ranks_signalled):
+    """A single process stops at the end of the step that saw SIGINT / SIGTERM; DDP ranks stop together at the
+    log line where they learnt that one of them saw it."""
+    return ranks_signalled if ddp else bool(signals_seen)
 
 
 def agree(bad_step, signalled, device):
