@@ -114,7 +114,8 @@ class GaussianDiffusion:
         if self.noise_cond == 'gamma':
             return gamma.reshape(-1)
         g = gamma.double().reshape(-1)
-        return ((1 - g * g).sqrt() / g).log().float() / 4
+        sigma = (1 - g * g).clamp(min=1e-12).sqrt() / g  # gamma = 1 exactly (t = 1, u = 0) must not give ln 0
+        return sigma.log().float() / 4
 
     def net_out(self, x_t, cond, gamma, model=None):
         """The raw network output: input = [cond, x_t] along channels (SR3's order), noise level gamma."""
