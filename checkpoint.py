@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from runtime import UsageError
-from tasks import build_model
+from tasks import model_from_args
 
 REQUIRED_KEYS = {'model', 'ema', 'opt', 'rng', 'step'}
 
@@ -67,7 +67,7 @@ def load_weights(path, pairs):
 def load_model(path, device='cpu', ema=True, task=None):
     """The (EMA) network of a checkpoint, in eval mode, with its flags. For sampling and evaluation."""
     ck = load_checkpoint(path, task=task)
-    net = build_model(ck['args']['task'], ck['args']['model'])
+    net = model_from_args(ck['args'])
     load_weights(path, [(net, ck['ema'] if ema else ck['model'])])
     return net.to(device).eval(), ck['args']
 

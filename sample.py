@@ -75,8 +75,9 @@ def super_resolve(model, cfg, lr, steps, sampler='ddpm', generator=None, device=
     `generator` is a CPU generator: diffusion.py draws its noise on the CPU and moves it to the device."""
     hr = parse_task(cfg['task'])['hr']
     cond = data.resize(lr, hr).to(device)
+    project_on = lr.to(device) if cfg.get('project') else None  # the run's --project: the low-res consistency step
     with autocast(torch.device(device), dtype):
-        out = make_diffusion(model, cfg).sample(cond, steps, sampler=sampler, generator=generator)
+        out = make_diffusion(model, cfg).sample(cond, steps, sampler=sampler, generator=generator, lr=project_on)
     return out.float().cpu(), cond.cpu()
 
 

@@ -21,8 +21,14 @@ from unet import PRESETS, build_unet
 
 # The diffusion / loss flags of train.py and their defaults (SR3 / DREAM; RDM stage 2): one place for train.py's
 # argparse, bench.py and make_diffusion / compute_loss.
+# pred / residual / noise_cond / project: SR options beyond SR3 (diffusion.py; README "What made it work"); the
+# defaults are SR3's. A checkpoint written before they existed reads them with these defaults.
 LOSS_DEFAULTS = dict(schedule='linear', timesteps=2000, beta_start=1e-6, beta_end=1e-2, loss='l1',
-                     dream=False, dream_p=1.0, blur_sigma_max=3.0, prob_length=0.93)
+                     dream=False, dream_p=1.0, blur_sigma_max=3.0, prob_length=0.93,
+                     pred='eps', residual=False, noise_cond='gamma', project=False)
+# Before the presets named their GroupNorm groups every network used gcd(32, channels) groups: checkpoints
+# without 'norm_groups' in their flags are rebuilt that way (tiny / small: one channel per group).
+LEGACY_NORM_GROUPS = 32
 
 
 def parse_task(task):
@@ -62,18 +68,32 @@ def loss_config(task, **flags):
     return dict(LOSS_DEFAULTS, task=task, **flags)
 
 
-def build_model(task, model='small', grad_checkpoint=False, **_):
-    """The task's UNet. SR: x_t + bicubic-upsampled LR in (6 channels); relay stages: x_t alone."""
+def build_model(task, model='small', grad_checkpoint=False, norm_groups=None, **_):
+    """The task's UNet. SR: x_t + bicubic-upsampled LR in (6 channels); relay stages: x_t alone.
+    norm_groups None: the preset's GroupNorm groups."""
     info = task_info(task)
     in_channels = 6 if info['kind'] == 'sr' else 3
-    return build_unet(model, in_channels, 3, info['res'], grad_checkpoint=grad_checkpoint)
+    overrides = {}
+    if norm_groups is not None:
+        overrides['groups'] = norm_groups
+    return build_unet(model, in_channels, 3, info['res'], grad_checkpoint=grad_checkpoint, **overrides)
+
+
+def preset_norm_groups(model):
+    return PRESETS[model].get('groups', 32)
+
+
+def model_from_args(args):
+    """The network a checkpoint's flags describe (older checkpoints: the GroupNorm they were trained with)."""
+    return build_model(args['task'], args['model'], norm_groups=args.get('norm_groups', LEGACY_NORM_GROUPS))
 
 
 # ----------------------------------------------------------------------------- diffusion and loss (from the flags)
 def make_diffusion(model, cfg):
     """SR3's Gaussian diffusion of a run: --schedule, --timesteps, --beta-start, --beta-end."""
     betas = beta_schedule(cfg['schedule'], cfg['timesteps'], cfg['beta_start'], cfg['beta_end'])
-    return GaussianDiffusion(model, betas)
+    return GaussianDiffusion(model, betas, pred=cfg.get('pred', 'eps'), residual=cfg.get('residual', False),
+                             noise_cond=cfg.get('noise_cond', 'gamma'))
 
 
 def compute_loss(net, batch, cfg):
@@ -118,7 +138,9 @@ def sample_and_score(model, cfg, batch, steps, sampler='ddpm', generator=None, d
     if info['kind'] == 'sr':
         hr, lr, sr = (batch[k].to(device) for k in ('hr', 'lr', 'sr'))
         with autocast(device, dtype):
-            out = make_diffusion(model, cfg).sample(sr, steps, sampler=sampler, generator=generator).float()
+            project_on = lr if cfg.get('project') else None
+            out = make_diffusion(model, cfg).sample(sr, steps, sampler=sampler, generator=generator, lr=project_on)
+            out = out.float()
         res = metrics.mean_metrics(metrics.compute_metrics(out.cpu(), hr.cpu(), lr.cpu()))
         bicubic = metrics.mean_metrics(metrics.compute_metrics(sr.cpu(), hr.cpu(), lr.cpu()))
         res.update({f'bicubic_{k}': v for k, v in bicubic.items() if k != 'n'})

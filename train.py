@@ -32,7 +32,7 @@ from plots import plot_loss
 from runtime import (Parser, UsageError, allow_tf32, describe, memory_format, pick_device, pick_dtype, seed_everything,
                      setup_ddp, teardown_ddp, autocast)
 from tasks import (LOSS_DEFAULTS as LOSS, build_model, check_resolution, compute_loss, heldout, parse_task,
-                   sample_and_score)
+                   LEGACY_NORM_GROUPS, preset_norm_groups, sample_and_score)
 from trainset import check_data_flags, datasets, make_loader, to_device
 from unet import PRESETS
 
@@ -76,6 +76,14 @@ def get_args(argv=None):
     p.add_argument('--beta-start', type=float, default=LOSS['beta_start'])
     p.add_argument('--beta-end', type=float, default=LOSS['beta_end'])
     p.add_argument('--loss', default=LOSS['loss'], choices=['l1', 'l2'], help='SR loss (SR3/DREAM: l1)')
+    # SR options beyond SR3 (README "What made it work"); the defaults are SR3's
+    p.add_argument('--pred', default=LOSS['pred'], choices=['eps', 'x0', 'v'], help='what the network predicts')
+    p.add_argument('--residual', action='store_true', help='diffuse HR - bicubic(LR) (SRDiff) instead of HR')
+    p.add_argument('--noise-cond', default=LOSS['noise_cond'], choices=['gamma', 'log_sigma'],
+                   help="the network's noise level input: SR3's gamma, or ln(sigma)/4")
+    p.add_argument('--project', action='store_true',
+                   help='sampling: project every x0 estimate onto the images whose bicubic downsample is the LR')
+    p.add_argument('--norm-groups', type=int, default=None, help="GroupNorm groups (default: the preset's)")
     p.add_argument('--blur-sigma-max', type=float, default=LOSS['blur_sigma_max'],
                    help='relay stage 2 (CelebA-HQ model: 2.0)')
     p.add_argument('--prob-length', type=float, default=LOSS['prob_length'],
@@ -91,6 +99,8 @@ def get_args(argv=None):
     p.add_argument('--overwrite', action='store_true')
     a = p.parse_args(argv)
     a.task_info = parse_task(a.task)
+    if a.norm_groups is None and a.model in PRESETS:
+        a.norm_groups = preset_norm_groups(a.model)  # saved with the run, so the checkpoint rebuilds the same net
     check_args(a)
     return a
 
@@ -103,6 +113,8 @@ def check_args(a):
             raise UsageError(f'{flag} must be positive, got {value}')
         if name in NON_NEGATIVE and not value >= 0:
             raise UsageError(f'{flag} must be non-negative, got {value}')
+    if a.norm_groups is not None and not a.norm_groups > 0:
+        raise UsageError(f'--norm-groups must be positive, got {a.norm_groups}')
     if a.eval_steps > a.timesteps:
         raise UsageError(f'--eval-steps {a.eval_steps} exceeds --timesteps {a.timesteps}')
     if a.resume and not os.path.exists(os.path.join(a.out, 'ckpt.pt')):
@@ -111,6 +123,15 @@ def check_args(a):
         raise UsageError(f'{a.out} already holds a run: pass --resume to continue it or --overwrite to start over')
     check_resolution(a.task, a.model)
     check_data_flags(a)
+
+
+def check_same_formulation(path, saved, a):
+    """--resume continues the network and the loss it was trained with: refuse other SR options in one line."""
+    saved_values = {**LOSS, 'norm_groups': LEGACY_NORM_GROUPS, **saved}
+    for key in ('norm_groups', 'pred', 'residual', 'noise_cond'):
+        if saved_values[key] != getattr(a, key):
+            flag = '--' + key.replace('_', '-')
+            raise UsageError(f'--resume: {path} was trained with {flag} {saved_values[key]}, not {getattr(a, key)}')
 
 
 def holds_a_run(out):
@@ -175,13 +196,14 @@ def train(a):
         f'{a.eval_steps} steps')
 
     # -- model, optimizer, resume; then DDP (rank 0's weights) and the EMA copy
-    model = build_model(a.task_info, a.model, a.grad_checkpoint).to(device, memory_format=fmt)
+    model = build_model(a.task_info, a.model, a.grad_checkpoint, a.norm_groups).to(device, memory_format=fmt)
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
     step = 0
     train_s = 0.0  # training seconds so far, evaluation excluded (for equal-time comparisons)
     ck = None
     if a.resume:
         ck = load_checkpoint(ck_path, task=a.task, model=a.model)
+        check_same_formulation(ck_path, ck['args'], a)
         load_weights(ck_path, [(model, ck['model']), (opt, ck['opt'])])
         step = ck['step']
         train_s = ck.get('train_s', 0.0)

@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
 from checkpoint import load_checkpoint  # noqa: E402
 from runtime import UsageError, allow_tf32, pick_device, pick_dtype  # noqa: E402
-from tasks import build_model, heldout, parse_task, sample_and_score  # noqa: E402
+from tasks import heldout, model_from_args, parse_task, sample_and_score  # noqa: E402
 
 COLUMNS = ('run label ckpt step train_s task sampler steps n psnr ssim consistency bicubic_psnr bicubic_ssim '
            'bicubic_consistency wall_s').split()
@@ -114,7 +114,7 @@ def plan(a):
 
 def score_point(ck, batch, steps, sampler, a, device, dtype):
     """Means over the held-out batch, sampled in --batch-size chunks with the same --seed for every point."""
-    model = build_model(ck['args']['task'], ck['args']['model']).to(device).eval()
+    model = model_from_args(ck['args']).to(device).eval()
     model.load_state_dict(ck['ema'])
     generator = torch.Generator().manual_seed(a.seed)
     n = len(next(iter(batch.values())))

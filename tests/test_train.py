@@ -15,6 +15,7 @@ import metrics
 import runtime
 import tasks
 import train
+import unet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -153,3 +154,25 @@ def test_cli_prepare_train_sample_evaluate(tmp_path):
     res = json.loads(sh('evaluate.py', '--pred', str(tmp_path / 'sr'), '--gt', str(tmp_path / 'pairs' / 'val' / 'hr_32'),
                         '--json').strip().splitlines()[-1])
     assert res['n'] == 2 and 0 < res['psnr'] < 100 and -1 <= res['ssim'] <= 1
+
+
+def test_sr_options_are_saved_and_rebuilt_and_resume_refuses_others(srdata, tmp_path, capsys):
+    """--pred/--residual/--noise-cond/--project/--norm-groups reach the checkpoint, load_model rebuilds that network,
+    an older checkpoint (no norm_groups) is rebuilt with its GroupNorm, and --resume refuses another formulation."""
+    out = tmp_path / 'opts'
+    run(FAST + ['--data', srdata, '--out', str(out), '--max-iters', '4', '--eval-every', '4', '--pred', 'v',
+                '--residual', '--noise-cond', 'log_sigma', '--project'])
+    ck = torch.load(out / 'ckpt.pt', weights_only=True)
+    assert (ck['args']['pred'], ck['args']['residual'], ck['args']['noise_cond'], ck['args']['project']) == \
+        ('v', True, 'log_sigma', True)
+    assert ck['args']['norm_groups'] == unet.PRESETS['tiny']['groups'] == 8
+    net, cfg = checkpoint.load_model(str(out / 'ckpt.pt'))
+    assert net.conv_out[0].num_groups == 8
+    diff = tasks.make_diffusion(net, cfg)
+    assert (diff.pred, diff.residual, diff.noise_cond) == ('v', True, 'log_sigma')
+    legacy = dict(ck['args'])
+    del legacy['norm_groups']
+    assert tasks.model_from_args(legacy).conv_out[0].num_groups == 16  # gcd(32, 16): what old tiny runs trained
+    with pytest.raises(SystemExit):
+        train.main(FAST + ['--data', srdata, '--out', str(out), '--max-iters', '8', '--resume'])
+    assert 'was trained with --pred v, not eps' in capsys.readouterr().err
