@@ -4,6 +4,13 @@
 
 Images are matched by file name (without extension); `--json` prints one JSON object with the mean of each metric
 (non-finite numbers as null). Sweeps over checkpoints and sampling steps: experiments/sweep.py.
+
+    python evaluate.py --pred runs/relay_gen --gt data/faces_64 --kid --fid [--kid-subset N] [--json]
+
+--kid / --fid (generation, RDM's metrics; keys kid, kid_std, fid): all images of --pred vs all of --gt, names need
+not match; real images of another size are resized (bicubic, data.resize) to the size of the samples. They use
+torch-fidelity's Inception (optional: pip install torch-fidelity; weights download once). When it is missing or
+offline, one line on stderr says so, the other metrics still print and the exit code stays 0.
 """
 import argparse
 import json
@@ -14,6 +21,7 @@ import sys
 import torch
 
 import data
+import metrics
 from metrics import RECIPE, compute_metrics, lpips_fn, mean_metrics
 
 
@@ -29,10 +37,47 @@ def _by_stem(root):
     return out
 
 
-def evaluate_dirs(pred_dir, gt_dir, lr_dir=None, y_channel=False, use_lpips=True, batch_values=2**21):
-    """Means over the images of pred_dir and gt_dir whose names (stems) match; sizes must agree."""
+def _load_batches(paths, size=None, batch=64):
+    """Batches (B,3,H,W) of the images at paths, all of one size: size (H, W), or the first image's size. Images of
+    another size are resized (bicubic, data.resize)."""
+    buf = []
+    for p in paths:
+        x = data.load_image(p)
+        size = size or tuple(x.shape[-2:])
+        buf.append(x if tuple(x.shape[-2:]) == size else data.resize(x, size))
+        if len(buf) == batch:
+            yield torch.stack(buf)
+            buf = []
+    if buf:
+        yield torch.stack(buf)
+
+
+def generation_metrics(pred_dir, gt_dir, use_kid=True, use_fid=True, kid_subset=None, feature=None):
+    """KID (kid, kid_std) / FID of all images of pred_dir (samples) vs all of gt_dir (real), names need not match;
+    real images are resized to the size of the first sample. Raises metrics.MetricUnavailable if no Inception."""
+    fake_paths, real_paths = data.list_images(pred_dir), data.list_images(gt_dir)
+    if len(fake_paths) < 2 or len(real_paths) < 2:
+        raise data.DataError(f"KID/FID need at least 2 images in each of {pred_dir} ({len(fake_paths)}) "
+                             f"and {gt_dir} ({len(real_paths)})")
+    size = tuple(data.load_image(fake_paths[0]).shape[-2:])
+    fake, real = list(_load_batches(fake_paths, size)), list(_load_batches(real_paths, size))
+    out = {}
+    if use_kid:
+        out["kid"], out["kid_std"] = metrics.kid(fake, real, feature, subset_size=kid_subset)
+        out["kid_subset"] = kid_subset or min(len(fake_paths), len(real_paths), 1000)
+    if use_fid:
+        out["fid"] = metrics.fid(fake, real, feature)
+    return dict(out, n_fake=len(fake_paths), n_real=len(real_paths))
+
+
+def evaluate_dirs(pred_dir, gt_dir, lr_dir=None, y_channel=False, use_lpips=True, batch_values=2**21,
+                  allow_unmatched=False):
+    """Means over the images of pred_dir and gt_dir whose names (stems) match; sizes must agree.
+    allow_unmatched: no names in common gives {n: 0, pixel_skipped: why} instead of an error (KID/FID runs)."""
     preds, gts, lrs = _by_stem(pred_dir), _by_stem(gt_dir), (_by_stem(lr_dir) if lr_dir else None)
     names = sorted(set(preds) & set(gts))
+    if not names and allow_unmatched:
+        return {"n": 0, "pixel_skipped": "no file names in common between --pred and --gt"}
     if not names:
         raise data.DataError(f"no image names in common between {pred_dir} ({len(preds)} images) and {gt_dir} ({len(gts)} images)")
     lp, reason = lpips_fn() if use_lpips else (None, "disabled")
@@ -69,6 +114,14 @@ def build_parser():
     ap.add_argument("--lr", help="folder of low-res inputs (same file names): adds consistency")
     ap.add_argument("--y-channel", action="store_true", help="also report psnr_y / ssim_y (BT.601 luma)")
     ap.add_argument("--no-lpips", action="store_true", help="skip LPIPS even if available")
+    ap.add_argument("--kid", action="store_true",
+                    help="KID (mean +- std over subsets) of all --pred images (samples) vs all --gt images (real); "
+                         "names need not match, real images of another size are resized (bicubic) to the sample "
+                         "size. Needs torch-fidelity's Inception (pip install torch-fidelity); if missing, one line "
+                         "on stderr and the other metrics still print (exit 0)")
+    ap.add_argument("--fid", action="store_true", help="FID, as --kid (biased at small n: not the paper's 50k FID)")
+    ap.add_argument("--kid-subset", type=int, default=None,
+                    help="KID subset size (default min(n_pred, n_gt, 1000); 100 subsets)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return ap
 
@@ -84,6 +137,14 @@ def print_report(res, as_json=False):
     c = res.get("consistency")
     if c is not None:
         print(f"{'consistency':<14}{c:>12.3e}   (x1e5, as DREAM prints it: {c * 1e5:.3f})")
+    if "kid" in res:
+        print(f"{'kid':<14}{res['kid']:>12.5f}   +- {res['kid_std']:.5f} (std over 100 subsets of {res['kid_subset']})")
+    if "fid" in res:
+        print(f"{'fid':<14}{res['fid']:>12.3f}   ({res['n_fake']} samples vs {res['n_real']} real: biased at small n)")
+    if "generation_skipped" in res:
+        print(f"{'kid/fid':<14}{'skipped':>12}   ({res['generation_skipped']})")
+    if "pixel_skipped" in res:
+        print(f"psnr/ssim skipped ({res['pixel_skipped']})")
     if "lpips_skipped" in res:
         print(f"{'lpips':<14}{'skipped':>12}   ({res['lpips_skipped']})")
     ignored = f" ({res['unmatched']} files without a partner ignored)" if res.get("unmatched") else ""
@@ -96,7 +157,14 @@ def main(argv=None):
     if not args.pred or not args.gt:
         ap.error("--pred and --gt are required")
     try:
-        res = evaluate_dirs(args.pred, args.gt, args.lr, args.y_channel, use_lpips=not args.no_lpips)
+        res = evaluate_dirs(args.pred, args.gt, args.lr, args.y_channel, use_lpips=not args.no_lpips,
+                            allow_unmatched=args.kid or args.fid)
+        if args.kid or args.fid:
+            try:
+                res.update(generation_metrics(args.pred, args.gt, args.kid, args.fid, args.kid_subset))
+            except metrics.MetricUnavailable as e:  # optional extra: say what is missing, keep the other metrics
+                print(f"evaluate: {e}", file=sys.stderr)
+                res["generation_skipped"] = str(e)
     except (data.DataError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -11,6 +11,11 @@ Recipes (so our numbers compare with theirs):
 * consistency = MSE on the [0,1] scale of data.resize(pred, lr size, bicubic) vs lr (raw; DREAM prints x1e5);
 * LPIPS (AlexNet, `lpips` package, only when its weights are already on disk) on [-1,1] inputs, the
   package's convention; the DREAM code feeds [0,1], so its LPIPS numbers are not comparable.
+* KID / FID (RDM's generation metrics): torchmetrics' KernelInceptionDistance / FrechetInceptionDistance. With the
+  default feature (None) that is torch-fidelity's Inception-v3 (2048-d pool features), fed the uint8 images (it
+  resizes to 299 itself); its weights download once and are cached. With `feature=` an nn.Module of one's own,
+  the module gets the [-1,1] float images as they are. KID is unbiased at small n (quote it with its std); FID is
+  biased upwards at small n (the paper's FID uses 50k samples), so FID on a few hundred images is not comparable.
 """
 import os
 
@@ -102,6 +107,93 @@ def lpips_fn(net="alex"):
     except Exception as e:  # not installed, no torchvision, corrupt weights...
         result = (None, f"LPIPS unavailable: {type(e).__name__}: {e}".splitlines()[0])
     return _LPIPS.setdefault(net, result)
+
+
+# ----------------------------------------------------------------------------- KID / FID (generation)
+class MetricUnavailable(RuntimeError):
+    """KID / FID cannot be computed here (no torch-fidelity, or its Inception weights cannot be fetched).
+    The message is one line saying what is missing and how to get it."""
+
+
+INSTALL_HINT = "pip install torch-fidelity (it needs a torchvision that imports beside your torch)"
+
+
+def _batches(x):
+    """A (B,3,H,W) tensor or an iterable of such batches (or of (3,H,W) images) -> list-like of 4-D batches."""
+    if torch.is_tensor(x):
+        return [_batch(x)]
+    return (_batch(b) for b in x)
+
+
+def _metric(cls, feature, **kw):
+    """Build a torchmetrics KID/FID object; MetricUnavailable (one line) when the default Inception is missing."""
+    if feature is not None:
+        return cls(feature=feature, normalize=True, **kw)
+    try:
+        import torch_fidelity  # noqa: F401  (torchmetrics' default Inception-v3 lives there)
+    except Exception as e:  # ImportError, or torchvision failing to import beside this torch
+        raise MetricUnavailable(f"KID/FID need the Inception network of torch-fidelity, which does not import "
+                                f"({type(e).__name__}: {' '.join(str(e).split())}); install it: {INSTALL_HINT}") from None
+    try:
+        return cls(feature=2048, **kw)  # downloads the Inception weights once (torch hub cache)
+    except Exception as e:  # offline: URLError / OSError / HTTPError while fetching the weights
+        raise MetricUnavailable(f"KID/FID: torch-fidelity's Inception weights could not be loaded or downloaded "
+                                f"({type(e).__name__}: {' '.join(str(e).split())}); go online once to cache them "
+                                f"in {torch.hub.get_dir()}") from None
+
+
+def _feed(m, fake, real, feature):
+    """Update a torchmetrics KID/FID object with batches; returns (n_fake, n_real)."""
+    n = {True: 0, False: 0}
+    with torch.no_grad():
+        for imgs, is_real in ((fake, False), (real, True)):
+            for b in _batches(imgs):
+                b = b.float() if feature is not None else quantize(b).to(torch.uint8)
+                m.update(b, real=is_real)
+                n[is_real] += b.shape[0]
+    return n[False], n[True]
+
+
+def kid(fake, real, feature=None, subset_size=None, subsets=100):
+    """(mean, std) of the Kernel Inception Distance (cubic polynomial kernel MMD^2, unbiased) between fake and
+    real [-1,1] images (tensors (B,3,H,W) or iterables of batches), over `subsets` random subsets of
+    `subset_size` images each (default min(n_fake, n_real, 1000)). feature: None = torch-fidelity's Inception
+    (MetricUnavailable if missing), or an nn.Module mapping (B,3,H,W) [-1,1] floats to (B, num_features)."""
+    from torchmetrics.image.kid import KernelInceptionDistance
+    import warnings
+    fake, real = (list(_batches(x)) for x in (fake, real))
+    n = min(sum(b.shape[0] for b in fake), sum(b.shape[0] for b in real))
+    if n < 2:
+        raise ValueError(f"KID needs at least 2 fake and 2 real images, got {n}")
+    subset_size = min(n, 1000) if subset_size is None else int(subset_size)
+    if not 2 <= subset_size <= n:
+        raise ValueError(f"KID subset size {subset_size} must be in [2, {n}] (the number of images)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "will save all extracted features in buffer"
+        m = _metric(KernelInceptionDistance, feature, subsets=subsets, subset_size=subset_size)
+        _feed(m, fake, real, feature)
+        mean, std = m.compute()
+    return float(mean), float(std)
+
+
+def fid(fake, real, feature=None):
+    """Frechet Inception Distance between fake and real [-1,1] images (tensors or iterables of batches), from
+    torchmetrics' FrechetInceptionDistance (feature: as in kid). Biased upwards at small n: not the paper's FID."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    m = _metric(FrechetInceptionDistance, feature)
+    nf, nr = _feed(m, fake, real, feature)
+    if min(nf, nr) < 2:
+        raise ValueError(f"FID needs at least 2 fake and 2 real images, got {nf} fake, {nr} real")
+    return float(m.compute())
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2):
+    """Closed-form Frechet (2-Wasserstein^2) distance of N(mu1, sigma1) and N(mu2, sigma2), in float64:
+    ||mu1 - mu2||^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^(1/2)). tr of the square root is the sum
+    of the square roots of the eigenvalues of sigma1 @ sigma2 (real and >= 0 for PSD inputs; round-off clamped)."""
+    mu1, mu2, s1, s2 = (torch.as_tensor(t, dtype=torch.float64) for t in (mu1, mu2, sigma1, sigma2))
+    ev = torch.linalg.eigvals(s1 @ s2).real.clamp_min(0)
+    return float((mu1 - mu2).pow(2).sum() + s1.trace() + s2.trace() - 2 * ev.sqrt().sum())
 
 
 def compute_metrics(pred, gt, lr=None, lpips=None, y_channel=False):
