@@ -1,0 +1,53 @@
+"""Collect the final evaluation of training runs (their log.jsonl) into one results CSV, one row per run.
+
+    python experiments/collect_eval.py --runs runs/quick --labels "tiny, residual v, project" --out results/quickstart.csv
+
+Columns follow ../shared/DESIGN.md "Results files": label, seed, step, train_s, sampler, steps, n, psnr, ssim,
+consistency, bicubic_psnr, bicubic_ssim, bicubic_consistency, plus the run's SR options.
+"""
+import argparse
+import csv
+import json
+import os
+
+import torch
+
+COLUMNS = ('label seed step train_s sampler steps n psnr ssim consistency bicubic_psnr bicubic_ssim '
+           'bicubic_consistency pred residual noise_cond project norm_groups run').split()
+
+
+def final_row(run, label):
+    rows = [json.loads(line) for line in open(os.path.join(run, 'log.jsonl'))]
+    evals = [r for r in rows if r.get('eval')]
+    if not evals:
+        raise SystemExit(f'{run}: no evaluation line in log.jsonl')
+    ev = evals[-1]
+    train_s = max((r['train_s'] for r in rows if 'train_s' in r and r['step'] <= ev['step']), default=None)
+    args = torch.load(os.path.join(run, 'ckpt.pt'), map_location='cpu', weights_only=True)['args']
+    return dict(label=label, seed=args['seed'], step=ev['step'], train_s=train_s, sampler='ddpm',
+                steps=ev['eval_steps'], n=args['eval_n'], psnr=ev['psnr'], ssim=ev['ssim'],
+                consistency=ev['consistency'], bicubic_psnr=ev['bicubic_psnr'], bicubic_ssim=ev['bicubic_ssim'],
+                bicubic_consistency=ev['bicubic_consistency'], pred=args.get('pred', 'eps'),
+                residual=args.get('residual', False), noise_cond=args.get('noise_cond', 'gamma'),
+                project=args.get('project', False), norm_groups=args.get('norm_groups', args.get('groups')), run=run)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    ap.add_argument('--runs', nargs='+', required=True)
+    ap.add_argument('--labels', nargs='+')
+    ap.add_argument('--out', required=True)
+    a = ap.parse_args()
+    labels = a.labels or a.runs
+    if len(labels) != len(a.runs):
+        raise SystemExit('--labels: one per run')
+    with open(a.out, 'w', newline='') as f:
+        writer = csv.DictWriter(f, COLUMNS)
+        writer.writeheader()
+        for run, label in zip(a.runs, labels):
+            writer.writerow(final_row(run, label))
+    print(open(a.out).read())
+
+
+if __name__ == '__main__':
+    main()
