@@ -154,8 +154,9 @@ class GaussianDiffusion:
 
     def sample_gamma(self, b, device, generator=None):
         """SR3 training noise levels: t ~ U{1..T}, gamma ~ U(gamma_t, gamma_{t-1}) (continuous)."""
-        t = torch.randint(1, self.num_timesteps + 1, (b,), generator=generator)
-        u = torch.rand(b, generator=generator, dtype=torch.float64)
+        where = generator.device if generator is not None else 'cpu'
+        t = torch.randint(1, self.num_timesteps + 1, (b,), generator=generator, device=where).cpu()
+        u = torch.rand(b, generator=generator, dtype=torch.float64, device=where).cpu()
         g = self.gamma[t - 1] + u * (self.gamma[t] - self.gamma[t - 1])
         return g.to(device)  # float64: 1 - gamma^2 near gamma = 1 needs it (log_sigma conditioning)
 
@@ -176,7 +177,7 @@ class GaussianDiffusion:
         b = x0.shape[0]
         gamma = self.sample_gamma(b, x0.device, generator)
         if generator is not None:
-            eps = torch.randn(x0.shape, generator=generator).to(x0.device)
+            eps = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device)
         else:
             eps = torch.randn_like(x0)
         x_t = self.q_sample(x0, gamma, eps)
@@ -234,8 +235,10 @@ class GaussianDiffusion:
             device = torch.device('cpu')
         base = cond.float() if self.residual else torch.zeros((), device=device)
 
-        def randn():
-            return torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
+        def randn():  # drawn where the generator lives (a CPU generator on a GPU run: drawn on the CPU, moved)
+            if generator is None:
+                return torch.randn(shape, dtype=torch.float32, device=device)
+            return torch.randn(shape, generator=generator, dtype=torch.float32, device=generator.device).to(device)
 
         if eps_fn is not None:
             def denoise(x, gamma):

@@ -72,7 +72,7 @@ def read_inputs(path, size):
 
 def super_resolve(model, cfg, lr, steps, sampler='ddpm', generator=None, device='cpu', dtype=torch.float32):
     """LR batch (B,3,L,L) in [-1,1] -> SR batch (B,3,H,H): the bicubic-upsampled LR conditions the sampler.
-    `generator` is a CPU generator: diffusion.py draws its noise on the CPU and moves it to the device."""
+    `generator` may live on the CPU or on the device: diffusion.py draws where the generator lives."""
     hr = parse_task(cfg['task'])['hr']
     cond = data.resize(lr, hr).to(device)
     project_on = lr.to(device) if cfg.get('project') else None  # the run's --project: the low-res consistency step
@@ -93,7 +93,7 @@ def sample_sr(a, device, dtype):
     if not cfg['task'].startswith('sr'):
         raise UsageError(f"{a.ckpt} is a {cfg['task']} checkpoint, not super-resolution (use --relay)")
     names, lr = read_inputs(a.input, parse_task(cfg['task'])['lr'])
-    generator = torch.Generator().manual_seed(a.seed)  # diffusion.py draws on the CPU
+    generator = make_generator(a.seed, device)  # on the sampling device, like the relay path
     outs, conds = [], []
     for i in tqdm(range(0, len(lr), a.batch_size), desc=f'super-resolving {len(lr)} images'):
         out, cond = super_resolve(model, cfg, lr[i:i + a.batch_size], a.steps, a.sampler, generator, device, dtype)
