@@ -79,7 +79,7 @@ def test_psnr_identical_is_inf_and_quantization_matters():
 
 @pytest.mark.parametrize("kind", ["random", "smooth"])
 def test_ssim_matches_skimage(kind):
-    metrics = pytest.importorskip("skimage.metrics")
+    skm = pytest.importorskip("skimage.metrics")
     g = torch.Generator().manual_seed(2)
     make = rand_img if kind == "random" else smooth_img
     pred = make(g)
@@ -89,15 +89,15 @@ def test_ssim_matches_skimage(kind):
         a = to_u8(pred[i]).transpose(1, 2, 0)
         b = to_u8(gt[i]).transpose(1, 2, 0)
         # gaussian_weights -> 11 taps (truncate 3.5), map cropped by (11-1)//2 = 5 px per side = our 'valid'
-        ref = metrics.structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-                                            data_range=255, channel_axis=2)
+        ref = skm.structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                        data_range=255, channel_axis=2)
         assert abs(ours[i].item() - ref) < 1e-10, (kind, ours[i].item(), ref)
     if kind == "smooth":
         assert 0.2 < ours.min() < ours.max() < 0.999
 
 
 def test_ssim_identity_bounds_and_y_channel():
-    metrics = pytest.importorskip("skimage.metrics")
+    skm = pytest.importorskip("skimage.metrics")
     g = torch.Generator().manual_seed(3)
     x = smooth_img(g, b=3)
     assert torch.allclose(metrics.ssim(x, x), torch.ones(3, dtype=torch.float64), atol=1e-12)
@@ -110,8 +110,8 @@ def test_ssim_identity_bounds_and_y_channel():
     b = to_u8(x[0]).astype(np.float64)
     lum = lambda u: 16 + (65.481 * u[0] + 128.553 * u[1] + 24.966 * u[2]) / 255  # noqa: E731
     assert 16 <= lum(a).min() and lum(a).max() <= 235
-    ref = metrics.structural_similarity(lum(a), lum(b), gaussian_weights=True, sigma=1.5,
-                                        use_sample_covariance=False, data_range=255)
+    ref = skm.structural_similarity(lum(a), lum(b), gaussian_weights=True, sigma=1.5,
+                                    use_sample_covariance=False, data_range=255)
     assert abs(metrics.ssim(y, x, y_channel=True)[0].item() - ref) < 1e-10
 
 
