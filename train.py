@@ -165,9 +165,14 @@ def log_lines(path, rows, mode='a'):
         f.writelines(json.dumps(r) + '\n' for r in rows)
 
 
+def run_flags(a):
+    """The run's flags as a plain dict (what the checkpoint keeps and the task library reads)."""
+    return {k: v for k, v in vars(a).items() if k != 'task_info'}
+
+
 def run_eval(ema, a, val, step, device, dtype):
     """Sample --eval-n held-out images with the EMA model (own generator: the training RNG never moves)."""
-    cfg = {k: v for k, v in vars(a).items() if k != 'task_info'}
+    cfg = run_flags(a)
     steps = a.eval_steps if a.task_info['kind'] != 'relay1' else min(a.eval_steps, 40)
     res, grid, ncol = sample_and_score(ema, cfg, heldout(val, a.eval_n), steps,
                                        generator=torch.Generator().manual_seed(1234), device=device, dtype=dtype)
@@ -324,7 +329,7 @@ def write_checkpoint(a, step, train_s, model, ema, opt, dist_info):
     if dist_info.rank != 0:
         return
     state = dict(model=model.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), step=step, train_s=train_s,
-                 rng=rng_ranks[0], rng_ranks=rng_ranks, args={k: v for k, v in vars(a).items() if k != 'task_info'})
+                 rng=rng_ranks[0], rng_ranks=rng_ranks, args=run_flags(a))
     save_checkpoint(ck_path, state)
     if a.snapshot_every and step % a.snapshot_every == 0:
         save_checkpoint(os.path.join(a.out, f'ckpt_{step:07d}.pt'), state)

@@ -29,7 +29,7 @@ def final_row(run, label):
                 consistency=ev['consistency'], bicubic_psnr=ev['bicubic_psnr'], bicubic_ssim=ev['bicubic_ssim'],
                 bicubic_consistency=ev['bicubic_consistency'], pred=args.get('pred', 'eps'),
                 residual=args.get('residual', False), noise_cond=args.get('noise_cond', 'gamma'),
-                project=args.get('project', False), norm_groups=args.get('norm_groups', args.get('groups')), run=run)
+                project=args.get('project', False), norm_groups=args.get('norm_groups'), run=run)
 
 
 def main():

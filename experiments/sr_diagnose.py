@@ -26,34 +26,21 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
-import unet  # noqa: E402
-from diffusion import GaussianDiffusion, beta_schedule  # noqa: E402
 
-try:
-    import metrics  # noqa: E402
-except ImportError:  # before the library floor existed
-    import evaluate as metrics  # noqa: E402
+import metrics  # noqa: E402
+from checkpoint import load_checkpoint  # noqa: E402
+from tasks import make_diffusion, model_from_args  # noqa: E402
 
 
 def load(path):
-    ck = torch.load(path, map_location='cpu', weights_only=True)
-    args = ck['args']
-    hr = int(args['task'].split('_')[1])
-    kw = {}
-    if args.get('groups'):
-        kw['groups'] = args['groups']
+    """The EMA and the raw network of a checkpoint (eval mode), its flags and its step."""
+    ck = load_checkpoint(path)
     nets = {}
     for which in ('ema', 'model'):
-        net = unet.build_unet(args['model'], 6, 3, hr, **kw)
+        net = model_from_args(ck['args'])
         net.load_state_dict(ck[which])
         nets[which] = net.eval()
-    return nets, args, ck['step']
-
-
-def diffusion_for(net, args):
-    betas = beta_schedule(args['schedule'], args['timesteps'], args['beta_start'], args['beta_end'])
-    return GaussianDiffusion(net, betas, pred=args.get('pred', 'eps'), residual=args.get('residual', False),
-                             noise_cond=args.get('noise_cond', 'gamma'))
+    return nets, ck['args'], ck['step']
 
 
 def colour_shift(x, hr):
@@ -105,6 +92,7 @@ def main():
     ap.add_argument('--csv', default=None)
     ap.add_argument('--json', default=None)
     ap.add_argument('--raw', action='store_true', help='also score the raw (non-EMA) weights')
+    ap.add_argument('--project', action='store_true', help='sample with the low-res consistency projection')
     ap.add_argument('--bf16-bands', action='store_true', help='also the band errors of the EMA net under bf16 autocast')
     a = ap.parse_args()
     nets, args, step = load(a.ckpt)
@@ -116,13 +104,14 @@ def main():
     out = dict(label=a.label, ckpt=a.ckpt, step=step, n=len(hr), steps=a.steps, sampler=a.sampler,
                bicubic=score(sr, hr, lr, sr, hi // lo))
     for which in (('ema', 'model') if a.raw else ('ema',)):
-        diff = diffusion_for(nets[which], args)
-        x = diff.sample(sr, a.steps, sampler=a.sampler, generator=torch.Generator().manual_seed(1234))
+        diff = make_diffusion(nets[which], args)
+        project_on = lr if a.project else None
+        x = diff.sample(sr, a.steps, sampler=a.sampler, generator=torch.Generator().manual_seed(1234), lr=project_on)
         out[which] = score(x, hr, lr, sr, hi // lo)
         out[which]['bands'] = band_errors(diff, hr, sr)
     if a.bf16_bands:
         with torch.autocast('cpu', dtype=torch.bfloat16):
-            out['ema']['bands_bf16'] = band_errors(diffusion_for(nets['ema'], args), hr, sr)
+            out['ema']['bands_bf16'] = band_errors(make_diffusion(nets['ema'], args), hr, sr)
     print(json.dumps(out))
     if a.json:
         with open(a.json, 'a') as f:

@@ -9,6 +9,7 @@ import torch.nn as nn
 import relay
 import unet
 from diffusion import GaussianDiffusion, beta_schedule
+from test_diffusion import gaussian_eps_fn
 
 
 class ConvRecorder(nn.Module):
@@ -103,13 +104,6 @@ def test_relay_dream_estimate_with_real_dropout_is_deterministic():
     b = est(y, torch.full((2,), 0.5))
     torch.testing.assert_close(a, b, rtol=0, atol=0)  # dropout would make two passes differ
     assert net.training
-
-
-def gaussian_eps_fn(s2):
-    def eps_fn(x, gamma):
-        a = (gamma.double() ** 2).reshape(-1, 1, 1, 1)
-        return (torch.sqrt(1 - a) * x.double() / (a * s2 + 1 - a)).float()
-    return eps_fn
 
 
 def test_every_grid_starts_at_T():

@@ -17,17 +17,7 @@ import relay  # noqa: E402
 import runtime  # noqa: E402
 import sample  # noqa: E402
 import train  # noqa: E402
-from test_reliability import RELAY, SR, losses, smooth, spawn_ranks  # noqa: E402
-
-
-@pytest.fixture(scope='module')
-def pairs(tmp_path_factory):
-    root = tmp_path_factory.mktemp('pairs')
-    os.makedirs(root / 'src')
-    for i in range(10):
-        smooth(i, 16, 16).save(root / 'src' / f'{i:02d}.png')
-    data.prepare(str(root / 'src'), str(root / 'pairs'), 4, 16, val=2, progress=False)
-    return str(root / 'pairs')
+from test_reliability import RELAY, SR, losses, pairs, smooth, spawn_ranks  # noqa: E402,F401 (pairs: a fixture)
 
 
 @pytest.fixture
