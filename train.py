@@ -37,7 +37,7 @@ from trainset import check_data_flags, datasets, make_loader, to_device
 from unet import PRESETS
 
 POSITIVE = 'max_iters batch_size grad_accum timesteps log_every eval_n eval_steps ckpt_every eval_every lr'.split()
-NON_NEGATIVE = ['snapshot_every', 'holdout']
+NON_NEGATIVE = ['snapshot_every', 'holdout', 'warmup']
 
 
 # ----------------------------------------------------------------------------- flags
@@ -63,6 +63,9 @@ def get_args(argv=None):
     p.add_argument('--grad-accum', type=int, default=1, help='global batch = batch x K x world size')
     p.add_argument('--grad-checkpoint', action='store_true', help='activation checkpointing in the UNet')
     p.add_argument('--lr', type=float, default=1e-4)
+    p.add_argument('--lr-schedule', default='constant', choices=['constant', 'cosine'],
+                   help='constant (SR3) or cosine decay to 0 at --max-iters')
+    p.add_argument('--warmup', type=int, default=0, help='linear learning-rate warm-up iterations')
     p.add_argument('--ema-decay', type=float, default=0.9999)
     p.add_argument('--seed', type=int, default=0, help='rank r of a DDP run seeds its noise with seed + 1000 r')
     # hardware
@@ -244,6 +247,8 @@ def train(a):
         while step < a.max_iters:
             # forward backward update, with optional gradient accumulation (DDP syncs the last micro-batch only)
             model.train()
+            for group in opt.param_groups:
+                group['lr'] = lr_at(a, step)
             for k in range(a.grad_accum):
                 batch = to_device(next(batches), device, fmt, a.batch_size)
                 sync = not ddp or k == a.grad_accum - 1
@@ -281,7 +286,7 @@ def train(a):
                                      'is untouched')
                 dt = time.perf_counter() - t0
                 train_s += dt
-                rows[-1].update(img_s=round(imgs / dt, 3), lr=a.lr, train_s=round(train_s, 2))
+                rows[-1].update(img_s=round(imgs / dt, 3), lr=lr_at(a, step - 1), train_s=round(train_s, 2))
                 t0 = time.perf_counter()
                 imgs = 0
                 if rank == 0:
@@ -317,6 +322,15 @@ def train(a):
             signal.signal(sig, handler)
     teardown_ddp(dist_info)
     return step
+
+
+def lr_at(a, step):
+    """Learning rate of iteration step + 1: linear warm-up over --warmup, then constant or cosine to 0 at --max-iters
+    (a function of the step alone, so a resumed run follows the same schedule)."""
+    lr = a.lr * min(1.0, (step + 1) / a.warmup) if a.warmup else a.lr
+    if a.lr_schedule == 'cosine':
+        lr *= 0.5 * (1 + math.cos(math.pi * min(step, a.max_iters) / a.max_iters))
+    return lr
 
 
 def write_checkpoint(a, step, train_s, model, ema, opt, dist_info):

@@ -1,9 +1,11 @@
 """Collect the final evaluation of training runs (their log.jsonl) into one results CSV, one row per run.
 
     python experiments/collect_eval.py --runs runs/quick --labels "tiny, residual v, project" --out results/quickstart.csv
+    python experiments/collect_eval.py --all --runs runs/std_s0 runs/dream_s0 --labels standard "DREAM p=1" --out c.csv
 
 Columns follow ../shared/DESIGN.md "Results files": label, seed, step, train_s, sampler, steps, n, psnr, ssim,
-consistency, bicubic_psnr, bicubic_ssim, bicubic_consistency, plus the run's SR options.
+consistency, bicubic_psnr, bicubic_ssim, bicubic_consistency, plus the run's SR options and DREAM p (empty: standard).
+--all: every evaluation of each run (a curve: one row per evaluated step), not only the last.
 """
 import argparse
 import csv
@@ -13,23 +15,27 @@ import os
 import torch
 
 COLUMNS = ('label seed step train_s sampler steps n psnr ssim consistency bicubic_psnr bicubic_ssim '
-           'bicubic_consistency pred residual noise_cond project norm_groups run').split()
+           'bicubic_consistency pred residual noise_cond project norm_groups dream_p run').split()
 
 
-def final_row(run, label):
+def eval_rows(run, label, every=False):
+    """The run's last evaluation (every=False) or all of them, as results rows."""
     rows = [json.loads(line) for line in open(os.path.join(run, 'log.jsonl'))]
     evals = [r for r in rows if r.get('eval')]
     if not evals:
         raise SystemExit(f'{run}: no evaluation line in log.jsonl')
-    ev = evals[-1]
-    train_s = max((r['train_s'] for r in rows if 'train_s' in r and r['step'] <= ev['step']), default=None)
     args = torch.load(os.path.join(run, 'ckpt.pt'), map_location='cpu', weights_only=True)['args']
-    return dict(label=label, seed=args['seed'], step=ev['step'], train_s=train_s, sampler='ddpm',
-                steps=ev['eval_steps'], n=args['eval_n'], psnr=ev['psnr'], ssim=ev['ssim'],
-                consistency=ev['consistency'], bicubic_psnr=ev['bicubic_psnr'], bicubic_ssim=ev['bicubic_ssim'],
-                bicubic_consistency=ev['bicubic_consistency'], pred=args.get('pred', 'eps'),
-                residual=args.get('residual', False), noise_cond=args.get('noise_cond', 'gamma'),
-                project=args.get('project', False), norm_groups=args.get('norm_groups'), run=run)
+    out = []
+    for ev in evals if every else evals[-1:]:
+        train_s = max((r['train_s'] for r in rows if 'train_s' in r and r['step'] <= ev['step']), default=None)
+        out.append(dict(label=label, seed=args['seed'], step=ev['step'], train_s=train_s, sampler='ddpm',
+                        steps=ev['eval_steps'], n=args['eval_n'], psnr=ev['psnr'], ssim=ev['ssim'],
+                        consistency=ev['consistency'], bicubic_psnr=ev['bicubic_psnr'], bicubic_ssim=ev['bicubic_ssim'],
+                        bicubic_consistency=ev['bicubic_consistency'], pred=args.get('pred', 'eps'),
+                        residual=args.get('residual', False), noise_cond=args.get('noise_cond', 'gamma'),
+                        project=args.get('project', False), norm_groups=args.get('norm_groups'),
+                        dream_p=args['dream_p'] if args.get('dream') else '', run=run))
+    return out
 
 
 def main():
@@ -37,6 +43,7 @@ def main():
     ap.add_argument('--runs', nargs='+', required=True)
     ap.add_argument('--labels', nargs='+')
     ap.add_argument('--out', required=True)
+    ap.add_argument('--all', action='store_true', help='every evaluation of each run, not only the last')
     a = ap.parse_args()
     labels = a.labels or a.runs
     if len(labels) != len(a.runs):
@@ -45,7 +52,7 @@ def main():
         writer = csv.DictWriter(f, COLUMNS)
         writer.writeheader()
         for run, label in zip(a.runs, labels):
-            writer.writerow(final_row(run, label))
+            writer.writerows(eval_rows(run, label, a.all))
     print(open(a.out).read())
 
 

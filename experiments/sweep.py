@@ -6,7 +6,8 @@
 
 snapshots: every checkpoint of each run (ckpt_<step>.pt, and ckpt.pt if its step is new), x = training iteration;
 steps: one checkpoint per run (--ckpt-name) x samplers x sampling steps. One CSV row per point (OUT.csv, rewritten
-after each point), a PNG of PSNR / SSIM (OUT.png), the best PSNR per run; --json ends with one JSON line.
+after each point; `seed` is the run's training seed, `sample_seed` --seed), a PNG of PSNR / SSIM (OUT.png), the
+best PSNR per run; --json ends with one JSON line.
 """
 import argparse
 import csv
@@ -26,7 +27,7 @@ from checkpoint import load_checkpoint  # noqa: E402
 from runtime import UsageError, allow_tf32, pick_device, pick_dtype  # noqa: E402
 from tasks import heldout, model_from_args, parse_task, sample_and_score  # noqa: E402
 
-COLUMNS = ('run label ckpt step train_s task sampler steps n psnr ssim consistency bicubic_psnr bicubic_ssim '
+COLUMNS = ('run label seed sample_seed ckpt step train_s task sampler steps n psnr ssim consistency bicubic_psnr bicubic_ssim '
            'bicubic_consistency wall_s').split()
 
 
@@ -186,7 +187,8 @@ def sweep(a):
     for run, label, path, ck, sampler, steps in bar:
         bar.set_postfix_str(f'{label} {os.path.basename(path)} {sampler} {steps} steps')
         res = score_point(ck, sets[ck['args']['task']], steps, sampler, a, device, dtype)
-        rows.append(dict(run=run, label=label, ckpt=os.path.basename(path), step=ck['step'], train_s=ck.get('train_s'),
+        rows.append(dict(run=run, label=label, seed=ck['args'].get('seed'), sample_seed=a.seed,
+                         ckpt=os.path.basename(path), step=ck['step'], train_s=ck.get('train_s'),
                          task=ck['args']['task'], sampler=sampler, steps=steps, **res))
         write_csv(rows, out + '.csv')  # after every point: a stopped sweep keeps its rows
         if _num(res['psnr']) and res['psnr'] > best.get(label, {}).get('psnr', -math.inf):

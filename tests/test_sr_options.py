@@ -128,3 +128,15 @@ def test_sr_noise_is_drawn_where_the_generator_lives(monkeypatch):
     diff.model = lambda inp, level: torch.zeros_like(inp[:, 3:])
     diff.loss(torch.zeros(2, 3, 4, 4), cond, generator=gen)
     assert len(seen) >= 5 and all(d is not None and torch.device(d) == gen.device for d in seen), seen
+
+
+def test_lr_schedule_warms_up_linearly_then_follows_the_cosine_to_zero():
+    import train
+    a = train.get_args(['--data', 'x', '--lr', '1e-3', '--max-iters', '1000', '--warmup', '100', '--lr-schedule', 'cosine'])
+    cos = lambda s: 0.5 * (1 + math.cos(math.pi * s / 1000))  # noqa: E731
+    assert train.lr_at(a, 0) == pytest.approx(1e-5 * cos(0))  # iteration 1 of 100 warm-up iterations
+    assert train.lr_at(a, 49) == pytest.approx(0.5e-3 * cos(49))
+    assert train.lr_at(a, 500) == pytest.approx(0.5e-3)  # half-way: cos(pi / 2) = 0
+    assert train.lr_at(a, 999) < 1e-8
+    const = train.get_args(['--data', 'x', '--lr', '1e-3'])
+    assert {train.lr_at(const, s) for s in (0, 10, 10 ** 6)} == {1e-3}  # SR3's default: constant, no warm-up

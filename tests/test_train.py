@@ -115,26 +115,39 @@ def test_existing_run_is_not_clobbered(srdata, tmp_path, capsys):
     assert 'no checkpoint to resume' in capsys.readouterr().err
 
 
-def test_a_tiny_model_learns(srdata, tmp_path):
-    """Fit 8 training images: the loss falls and the sampled PSNR on them rises far above an untrained model's."""
+FACES = os.path.join(ROOT, '..', 'shared', 'data', 'faces')
+
+
+@pytest.fixture(scope='module')
+def faces_8_32(tmp_path_factory):
+    """232 real faces as 8 -> 32 pairs: the first 32 (sorted) held out, 200 for training."""
+    if not os.path.isdir(FACES):
+        pytest.skip('../shared/data/faces not here (a fresh user machine)')
+    root = tmp_path_factory.mktemp('faces')
+    os.makedirs(root / 'src')
+    for f in sorted(os.listdir(FACES))[:232]:
+        os.symlink(os.path.join(FACES, f), root / 'src' / f)
+    data.prepare(str(root / 'src'), str(root / 'pairs'), lr=8, hr=32, val=32, progress=False)
+    return str(root / 'pairs')
+
+
+def test_a_tiny_model_learns_to_super_resolve_held_out_faces(faces_8_32, tmp_path, one_thread):
+    """The quick-start recipe (tiny, --residual --pred v --project), 400 iterations on 200 faces at 8 -> 32, scored on
+    32 held-out faces: PSNR within 1.5 dB and SSIM within 0.03 of bicubic's, consistency at most 3x bicubic's.
+    Measured (1 thread): trained 18.9 dB / 0.600 / 1.8e-5 vs bicubic 19.4 / 0.598 / 9.3e-4; the same run with the old
+    presets' one-channel-per-group GroupNorm and SR3's eps-prediction (--norm-groups 32, no options) gives
+    12.2 / 0.469 / 0.062 and fails every bound; an untrained net 10.6 / 0.17."""
     out = tmp_path / 'fit'
-    rows = run(FAST + ['--data', srdata, '--val-data', os.path.join(srdata, 'train'), '--out', str(out),
-                       '--max-iters', '300', '--eval-every', '300', '--ckpt-every', '300', '--lr', '1e-3',
-                       '--eval-steps', '20', '--batch-size', '8', '--eval-n', '8'])
+    rows = run(['--task', 'sr8_32', '--model', 'tiny', '--data', faces_8_32, '--out', str(out), '--max-iters', '400',
+                '--eval-every', '400', '--ckpt-every', '400', '--eval-n', '32', '--eval-steps', '20',
+                '--batch-size', '8', '--lr', '1e-3', '--log-every', '10', '--residual', '--pred', 'v', '--project'])
     losses = [r['loss'] for r in rows if 'loss' in r]
-    assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:10])
-    trained, cfg = checkpoint.load_model(str(out / 'ckpt.pt'))
-    untrained = tasks.build_model(cfg['task'], cfg['model']).eval()
-    ds = data.SRPairs(os.path.join(srdata, 'train'), 8, 32)
-    hr, sr = (torch.stack([ds[i][k] for i in range(8)]) for k in ('hr', 'sr'))
-    psnr = {}
-    for name, m in (('trained', trained), ('untrained', untrained)):
-        x = tasks.make_diffusion(m, cfg).sample(sr, 20, generator=torch.Generator().manual_seed(0))
-        psnr[name] = metrics.psnr(x, hr).mean().item()
-    assert psnr['trained'] > psnr['untrained'] + 5, psnr
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:3])
     ev = [r for r in rows if r.get('eval')][-1]
-    assert ev['psnr'] > psnr['untrained'] + 5  # the in-training evaluation (another seed) sees it too
-    assert os.path.exists(out / 'loss.png') and os.path.exists(out / 'samples_0000300.png')
+    assert ev['psnr'] >= ev['bicubic_psnr'] - 1.5, ev
+    assert ev['ssim'] >= ev['bicubic_ssim'] - 0.03, ev
+    assert ev['consistency'] <= 3 * ev['bicubic_consistency'], ev
+    assert os.path.exists(out / 'loss.png') and os.path.exists(out / 'samples_0000400.png')
 
 
 def test_cli_prepare_train_sample_evaluate(tmp_path):

@@ -1,0 +1,215 @@
+"""Does DREAM hold up? Tables and plots, mean and spread over seeds, from the results files of the DREAM runs.
+
+    python experiments/dream_report.py --curves results/dream_curves.csv --steps results/dream_steps.csv \
+        --cost results/dream_cost.csv --out results/dream
+
+--curves: collect_eval.py --all rows (held-out metrics every --eval-every iterations of each run, a `seed` per run);
+--steps: sweep.py --sweep steps rows (final checkpoints x samplers x sampling steps); --cost: `label,s_per_iter` of
+each method timed alone, so that equal wall-clock is iterations x the measured cost per iteration (training runs that
+share the 2 cores cannot time themselves). The standard model's label is --standard.
+
+Writes OUT_curves.png (PSNR / SSIM vs iteration and vs seconds, mean with min-max bars), OUT_steps.png (vs sampling
+steps) and OUT_claims.csv (one row per claim and method), and prints the markdown tables the README quotes:
+final metrics per method (mean +- std, min-max, seeds), claim (a): iterations and seconds to reach the standard
+model's final mean PSNR / SSIM (the paper: 2-3x fewer for DREAM), claim (b): the fewest sampling steps at which a
+method's mean reaches the standard model's best mean over steps (the paper: 10-20x fewer).
+"""
+import argparse
+import csv
+import statistics
+from collections import defaultdict
+
+METRICS = ('psnr', 'ssim')
+
+
+def read(path):
+    with open(path, newline='') as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for k in ('step', 'steps', 'seed'):
+            r[k] = int(float(r[k]))
+        for k in ('psnr', 'ssim', 'consistency', 'bicubic_psnr', 'bicubic_ssim', 'bicubic_consistency'):
+            if r.get(k) not in (None, ''):
+                r[k] = float(r[k])
+    return rows
+
+
+def spread(values):
+    """mean, std (0 for one value), min, max."""
+    return (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, min(values), max(values))
+
+
+def fmt(values, digits):
+    m, s, lo, hi = spread(values)
+    return f'{m:.{digits}f} ± {s:.{digits}f} ({lo:.{digits}f}–{hi:.{digits}f})'
+
+
+def by(rows, *keys):
+    out = defaultdict(list)
+    for r in rows:
+        out[tuple(r[k] for k in keys)].append(r)
+    return out
+
+
+def final_table(curves, labels):
+    last = {}
+    for (label, seed), rs in by(curves, 'label', 'seed').items():
+        last[label, seed] = max(rs, key=lambda r: r['step'])
+    b = next(iter(last.values()))
+    lines = [f"| method | seeds | iterations | PSNR (dB) | SSIM | consistency (1e-5) |", '|---|---|---|---|---|---|']
+    for label in labels:
+        rs = [r for (lab, _), r in last.items() if lab == label]
+        if rs:
+            lines.append(f"| {label} | {len(rs)} | {rs[0]['step']} | {fmt([r['psnr'] for r in rs], 2)} | "
+                         f"{fmt([r['ssim'] for r in rs], 3)} | {fmt([r['consistency'] * 1e5 for r in rs], 2)} |")
+    lines.append(f"| bicubic | – | – | {b['bicubic_psnr']:.2f} | {b['bicubic_ssim']:.3f} | "
+                 f"{b['bicubic_consistency'] * 1e5:.2f} |")
+    return '\n'.join(lines), last
+
+
+def first_reach(rs, metric, target):
+    """The first evaluated iteration whose metric reaches target (None: never in this run)."""
+    for r in sorted(rs, key=lambda r: r['step']):
+        if r[metric] >= target:
+            return r['step']
+    return None
+
+
+def claim_a(curves, last, labels, standard, cost):
+    """Iterations (and seconds = iterations x the alone-timed cost) to reach the standard model's final mean."""
+    targets = {m: statistics.fmean(r[m] for (lab, _), r in last.items() if lab == standard) for m in METRICS}
+    lines = [f"| method | to PSNR {targets['psnr']:.2f} dB: iterations | seconds | to SSIM {targets['ssim']:.3f}: "
+             f"iterations | seconds |", '|---|---|---|---|---|']
+    claims = []
+    runs = by(curves, 'label', 'seed')
+    for label in labels:
+        cells = [label]
+        for m in METRICS:
+            its = [first_reach(rs, m, targets[m]) for (lab, _), rs in runs.items() if lab == label]
+            reached = [i for i in its if i is not None]
+            never = len(its) - len(reached)
+            s_per = cost.get(label)
+            if reached:
+                txt = fmt(reached, 0) + (f', {never} of {len(its)} seeds never' if never else '')
+                secs = fmt([i * s_per for i in reached], 0) if s_per else 'not timed'
+            else:
+                txt, secs = f'never ({len(its)} seeds)', '–'
+            cells += [txt, secs]
+            claims.append(dict(claim='a', metric=m, target=round(targets[m], 4), label=label, seeds=len(its),
+                               reached=len(reached), iters_mean=statistics.fmean(reached) if reached else '',
+                               iters_min=min(reached, default=''), iters_max=max(reached, default=''),
+                               s_per_iter=s_per or '', seconds_mean=statistics.fmean(reached) * s_per
+                               if reached and s_per else ''))
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines), claims
+
+
+def claim_b(steps_rows, labels, standard):
+    """Fewest sampling steps at which a method's mean over seeds reaches the standard model's best mean."""
+    mean = {k: {m: statistics.fmean(r[m] for r in rs) for m in METRICS} | {'n_seeds': len(rs)}
+            for k, rs in by(steps_rows, 'label', 'sampler', 'steps').items()}
+    best = {m: max((v[m], s, n) for (lab, s, n), v in mean.items() if lab == standard) for m in METRICS}
+    lines = [f"| method | sampler | fewest steps to the standard's best PSNR {best['psnr'][0]:.2f} dB "
+             f"({best['psnr'][1]} {best['psnr'][2]}) | to its best SSIM {best['ssim'][0]:.3f} "
+             f"({best['ssim'][1]} {best['ssim'][2]}) |", '|---|---|---|---|']
+    claims = []
+    for label in labels:
+        for sampler in sorted({s for (lab, s, _) in mean if lab == label}):
+            cells = [label, sampler]
+            for m in METRICS:
+                ok = sorted(n for (lab, s, n), v in mean.items() if lab == label and s == sampler and v[m] >= best[m][0])
+                cells.append(str(ok[0]) if ok else 'never')
+                claims.append(dict(claim='b', metric=m, target=round(best[m][0], 4), label=label, sampler=sampler,
+                                   fewest_steps=ok[0] if ok else ''))
+            lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines), claims
+
+
+def errorbar_lines(ax, groups, x_of, metric):
+    """One line per label: mean over seeds at each x, bars from min to max."""
+    for label, rs in groups.items():
+        pts = defaultdict(list)
+        for r in rs:
+            pts[x_of(r)].append(r[metric])
+        xs = sorted(pts)
+        stats = [spread(pts[x]) for x in xs]
+        ys = [s[0] for s in stats]
+        ax.errorbar(xs, ys, yerr=[[y - s[2] for y, s in zip(ys, stats)], [s[3] - y for y, s in zip(ys, stats)]],
+                    fmt='o-', ms=3, capsize=3, label=f'{label} ({len({r["seed"] for r in rs})} seeds)')
+
+
+def plot_curves(curves, labels, cost, out_png):
+    from matplotlib.figure import Figure
+    groups = {lab: [r for r in curves if r['label'] == lab] for lab in labels}
+    xs = [('iteration', lambda r: r['step'])]
+    if all(lab in cost for lab in labels):
+        xs.append(('seconds (iterations x alone-timed s/iteration)', lambda r: r['step'] * cost[r['label']]))
+    fig = Figure(figsize=(11, 3.8 * len(xs)))
+    axes = fig.subplots(len(xs), 2, squeeze=False)
+    for row, (xlabel, x_of) in zip(axes, xs):
+        for ax, m in zip(row, METRICS):
+            errorbar_lines(ax, groups, x_of, m)
+            ax.axhline(curves[0][f'bicubic_{m}'], ls='--', color='gray', lw=1, label='bicubic')
+            ax.set(xlabel=xlabel, ylabel=m.upper(), title=f'held-out {m.upper()} (n={curves[0]["n"]}), mean, min-max')
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+
+
+def plot_steps(steps_rows, labels, out_png):
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(11, 3.8))
+    samplers = sorted({r['sampler'] for r in steps_rows})
+    groups = {f'{lab} {s}': [r for r in steps_rows if r['label'] == lab and r['sampler'] == s]
+              for lab in labels for s in samplers}
+    groups = {k: v for k, v in groups.items() if v}
+    for ax, m in zip(fig.subplots(1, 2), METRICS):
+        errorbar_lines(ax, groups, lambda r: r['steps'], m)
+        ax.axhline(steps_rows[0][f'bicubic_{m}'], ls='--', color='gray', lw=1, label='bicubic')
+        ticks = sorted({r['steps'] for r in steps_rows})
+        ax.set(xscale='log', xticks=ticks, xticklabels=[str(t) for t in ticks], xlabel='sampling steps',
+               ylabel=m.upper(), title=f'{m.upper()} vs sampling steps (n={steps_rows[0]["n"]}), mean, min-max')
+        ax.minorticks_off()
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    ap.add_argument('--curves', required=True, help='collect_eval.py --all CSV')
+    ap.add_argument('--steps', help='sweep.py --sweep steps CSV')
+    ap.add_argument('--cost', help='CSV label,s_per_iter (timed alone)')
+    ap.add_argument('--standard', default='standard', help='label of the standard model')
+    ap.add_argument('--out', required=True, help='prefix of the PNGs and OUT_claims.csv')
+    a = ap.parse_args(argv)
+    curves = read(a.curves)
+    labels = list(dict.fromkeys(r['label'] for r in curves))
+    cost = {}
+    if a.cost:
+        with open(a.cost, newline='') as f:
+            cost = {r['label']: float(r['s_per_iter']) for r in csv.DictReader(f)}
+    table, last = final_table(curves, labels)
+    print('Final held-out metrics (mean ± std over seeds, min–max):\n\n' + table + '\n')
+    ta, claims = claim_a(curves, last, labels, a.standard, cost)
+    print("Claim (a), iterations / seconds to the standard model's final mean (first evaluation that reaches it; "
+          'mean ± std (min–max) over the seeds that reach it):\n\n' + ta + '\n')
+    plot_curves(curves, labels, cost, a.out + '_curves.png')
+    if a.steps:
+        steps_rows = read(a.steps)
+        tb, cb = claim_b(steps_rows, list(dict.fromkeys(r['label'] for r in steps_rows)), a.standard)
+        print("Claim (b), sampling steps (mean over seeds at each step count):\n\n" + tb + '\n')
+        claims += cb
+        plot_steps(steps_rows, list(dict.fromkeys(r['label'] for r in steps_rows)), a.out + '_steps.png')
+    keys = list(dict.fromkeys(k for c in claims for k in c))
+    with open(a.out + '_claims.csv', 'w', newline='') as f:
+        w = csv.DictWriter(f, keys)
+        w.writeheader()
+        w.writerows(claims)
+    print(f'wrote {a.out}_curves.png, {a.out}_claims.csv' + (f', {a.out}_steps.png' if a.steps else ''))
+
+
+if __name__ == '__main__':
+    main()
