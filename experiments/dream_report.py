@@ -4,9 +4,10 @@
         --cost results/dream_cost.csv --out results/dream
 
 --curves: collect_eval.py --all rows (held-out metrics every --eval-every iterations of each run, a `seed` per run);
---steps: sweep.py --sweep steps rows (final checkpoints x samplers x sampling steps); --cost: `label,s_per_iter` of
-each method timed alone, so that equal wall-clock is iterations x the measured cost per iteration (training runs that
-share the 2 cores cannot time themselves). The standard model's label is --standard.
+--steps: sweep.py --sweep steps rows (final checkpoints x samplers x sampling steps); --cost: collect_eval.py rows of
+short runs of each method timed alone (cost per iteration = train_s / step), so that equal wall-clock is iterations x
+the measured cost (training runs that share the 2 cores cannot time themselves); a method uses the cost row whose
+label is the longest prefix of its own ("DREAM" serves "DREAM p=0"). The standard model's label is --standard.
 
 Writes OUT_curves.png (PSNR / SSIM vs iteration and vs seconds, mean with min-max bars), OUT_steps.png (vs sampling
 steps) and OUT_claims.csv (one row per claim and method), and prints the markdown tables the README quotes:
@@ -134,7 +135,7 @@ def errorbar_lines(ax, groups, x_of, metric):
         xs = sorted(pts)
         stats = [spread(pts[x]) for x in xs]
         ys = [s[0] for s in stats]
-        ax.errorbar(xs, ys, yerr=[[y - s[2] for y, s in zip(ys, stats)], [s[3] - y for y, s in zip(ys, stats)]],
+        ax.errorbar(xs, ys, yerr=[[max(0.0, y - s[2]) for y, s in zip(ys, stats)], [max(0.0, s[3] - y) for y, s in zip(ys, stats)]],
                     fmt='o-', ms=3, capsize=3, label=f'{label} ({len({r["seed"] for r in rs})} seeds)')
 
 
@@ -181,7 +182,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('--curves', required=True, help='collect_eval.py --all CSV')
     ap.add_argument('--steps', help='sweep.py --sweep steps CSV')
-    ap.add_argument('--cost', help='CSV label,s_per_iter (timed alone)')
+    ap.add_argument('--cost', help='collect_eval.py CSV of short runs timed alone (label, step, train_s)')
     ap.add_argument('--standard', default='standard', help='label of the standard model')
     ap.add_argument('--out', required=True, help='prefix of the PNGs and OUT_claims.csv')
     a = ap.parse_args(argv)
@@ -190,7 +191,12 @@ def main(argv=None):
     cost = {}
     if a.cost:
         with open(a.cost, newline='') as f:
-            cost = {r['label']: float(r['s_per_iter']) for r in csv.DictReader(f)}
+            per_iter = {r['label']: float(r['train_s']) / int(r['step']) for r in csv.DictReader(f)}
+        for label in labels:
+            prefixes = [p for p in per_iter if label.startswith(p)]
+            if prefixes:
+                cost[label] = per_iter[max(prefixes, key=len)]
+        print('cost per iteration, timed alone: ' + ', '.join(f'{k} {v * 1e3:.0f} ms' for k, v in cost.items()) + '\n')
     table, last = final_table(curves, labels)
     print('Final held-out metrics (mean ± std over seeds, min–max):\n\n' + table + '\n')
     ta, claims = claim_a(curves, last, labels, a.standard, cost)
