@@ -29,6 +29,7 @@ import os
 import resource
 import subprocess
 import sys
+import statistics
 import time
 from types import SimpleNamespace
 
@@ -53,7 +54,7 @@ def get_args(argv=None):
     p.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'])
     p.add_argument('--dtype', default='auto', choices=['auto', 'fp32', 'bf16'])
     p.add_argument('--compile', action='store_true', help='torch.compile the training step (CUDA)')
-    p.add_argument('--iters', type=int, default=None, help='timed steps per measurement (default: 20 CUDA, 3 CPU)')
+    p.add_argument('--iters', type=int, default=None, help='timed rounds per measurement, medians reported (default: 20 CUDA, 5 CPU)')
     p.add_argument('--budget', type=float, default=60.0, help='seconds: optional measurements predicted to take '
                    'longer are skipped (bigger batches, the other dtype, sampling at batch 16, memory probes)')
     p.add_argument('--sample-steps', type=int, default=100, help='sampling steps of a whole image (sample.py: 100)')
@@ -65,7 +66,7 @@ def get_args(argv=None):
     a = p.parse_args(argv)
     a.res = a.res or (64 if a.model == 'tiny' else 128)
     a.device = pick_device(a.device)
-    a.iters = a.iters or (20 if a.device.type == 'cuda' else 3)
+    a.iters = a.iters or (20 if a.device.type == 'cuda' else 5)
     task_config(a.model, a.res, a.batch_size)  # bad --res / --batch-size: one line, before any timing
     return a
 
@@ -135,21 +136,33 @@ class Trainer:
         return 1e3 * (time.perf_counter() - t) / steps
 
 
-def timed(steps, iters, warmup, device):
-    """Mean seconds per call of each function in `steps` after `warmup` untimed rounds. They take turns, so
-    other load on the machine slows them alike and their ratios stay fair."""
+def rounds(steps, iters, warmup, device):
+    """Seconds of every call: `warmup` untimed rounds, then `iters` rounds in which the functions take turns, so
+    load that comes and goes on the machine hits the compared calls alike. -> one list of `iters` times per function."""
     for _ in range(warmup):
         for f in steps:
             f()
-    total = [0.0] * len(steps)
+    times = [[] for _ in steps]
     for _ in range(iters):
         for i, f in enumerate(steps):
             sync(device)
             t = time.perf_counter()
             f()
             sync(device)
-            total[i] += time.perf_counter() - t
-    return [t / iters for t in total]
+            times[i].append(time.perf_counter() - t)
+    return times
+
+
+def timed(steps, iters, warmup, device):
+    """Median seconds per call of each function in `steps` (rounds())."""
+    return [statistics.median(t) for t in rounds(steps, iters, warmup, device)]
+
+
+def paired_ratio(num, den):
+    """A ratio of two interleaved measurements: the median of the per-round ratios (each round's two calls ran
+    back to back, under the same load) and their min / max (the spread the JSON reports)."""
+    r = [a / b for a, b in zip(num, den)]
+    return statistics.median(r), min(r), max(r)
 
 
 def count_flops(cfg):
@@ -289,18 +302,20 @@ def measure_production_step(b, R):
     b.trainer = Trainer(b.std, dev, b.dtype, b.fmt, b.a.compile)
     batch = images(B, b.a.res, dev, b.fmt)
     b.production = lambda: b.trainer.step(b.std, batch)
-    t_std, t_dream = timed([b.production, lambda: b.trainer.step(b.dream, batch)], b.a.iters, b.warm, dev)
+    times = rounds([b.production, lambda: b.trainer.step(b.dream, batch)], b.a.iters, b.warm, dev)
+    t_std, t_dream = (statistics.median(t) for t in times)
+    overhead, lo, hi = paired_ratio(times[1], times[0])
     b.t_std = t_std
     b.rate = b.f_std * B / t_std  # achieved FLOP/s: predicts the cost of the optional measurements
-    b.done[(b.dtype, b.fmt, b.a.compile, b.trainer.tf32)] = (B / t_std, 1.0)
+    b.done[(b.dtype, b.fmt, b.a.compile, b.trainer.tf32)] = (B / t_std, 1.0, [1.0, 1.0])
     R['peak_mem_mb'], R['peak_mem_source'] = round(peak_mem_mb(dev), 1), 'in-process'
     R.update(train_img_s=B / t_std, step_s=t_std, dream_img_s=B / t_dream, dream_step_s=t_dream,
-             dream_overhead=t_dream / t_std, mfu=b.f_std * B / t_std / 1e9 / b.peak,
+             dream_overhead=overhead, dream_overhead_range=[lo, hi], mfu=b.f_std * B / t_std / 1e9 / b.peak,
              mfu_dream=b.f_dream * B / t_dream / 1e9 / b.peak)
     print(f'train batch {B}: standard {B / t_std:8.2f} img/s ({t_std * 1e3:.0f} ms/step), MFU {R["mfu"]:.3f} '
           f'({b.f_std * B / t_std / 1e9:.1f} of {b.peak:.1f} GFLOP/s)')
     print(f'train batch {B}: DREAM    {B / t_dream:8.2f} img/s ({t_dream * 1e3:.0f} ms/step), MFU {R["mfu_dream"]:.3f}; '
-          f'DREAM step / standard step = {R["dream_overhead"]:.3f}')
+          f'DREAM step / standard step = {overhead:.3f} (median of {len(times[0])} interleaved pairs, {lo:.3f}-{hi:.3f})')
 
 
 def measure_path(b, dtype, fmt, label, compile=False, tf32=True):
@@ -313,21 +328,24 @@ def measure_path(b, dtype, fmt, label, compile=False, tf32=True):
         return b.done[key]
     trainer = Trainer(b.std, b.dev, dtype, fmt, compile, tf32)
     batch = images(B, b.a.res, b.dev, fmt)
-    t_prod, t = timed([b.production, lambda: trainer.step(b.std, batch)], b.a.iters, b.warm, b.dev)
+    times = rounds([b.production, lambda: trainer.step(b.std, batch)], b.a.iters, b.warm, b.dev)
+    t = statistics.median(times[1])
+    ratio, lo, hi = paired_ratio(times[1], times[0])
     print(f'train batch {B}: {label:27s} {B / t:8.2f} img/s ({t * 1e3:.0f} ms/step, '
-          f'{t / t_prod:.2f}x the production step timed in turns with it)')
-    b.done[key] = (B / t, t / t_prod)
+          f'{ratio:.2f}x the production step timed in turns with it, {lo:.2f}-{hi:.2f})')
+    b.done[key] = (B / t, ratio, [lo, hi])
     return b.done[key]
 
 
 def measure_baselines(b, R):
     """The plain baseline (fp32, NCHW, eager, TF32 off); on a CPU in fp32 also fp32 channels_last."""
-    img_s, ratio = measure_path(b, F32, torch.contiguous_format, 'fp32 eager NCHW baseline', tf32=False)
+    img_s, ratio, spread = measure_path(b, F32, torch.contiguous_format, 'fp32 eager NCHW baseline', tf32=False)
     R['fp32_eager_img_s'], R['speedup_vs_fp32_eager'] = img_s, ratio
+    R['speedup_vs_fp32_eager_range'] = spread
     if b.dev.type == 'cpu' and b.dtype == F32 and affordable(b, (b.warm + b.a.iters) * b.t_std * 2.5,
                                                              'fp32 channels_last'):
-        img_s, ratio = measure_path(b, F32, torch.channels_last, 'fp32 channels_last')
-        R['fp32_cl_img_s'], R['fp32_cl_step_ratio'] = img_s, ratio
+        img_s, ratio, spread = measure_path(b, F32, torch.channels_last, 'fp32 channels_last')
+        R['fp32_cl_img_s'], R['fp32_cl_step_ratio'], R['fp32_cl_step_ratio_range'] = img_s, ratio, spread
         if ratio > 1.05:
             verdict = 'NCHW faster'
         elif ratio < 0.95:
@@ -448,6 +466,18 @@ def report_targets(b, R):
           f'(auto {DTYPE_NAME[b.auto_dtype]}, faster {DTYPE_NAME[b.faster]} on {b.dtype_where})')
 
 
+# What each ratio of the JSON divides by (all times are medians of interleaved rounds, see rounds()).
+RATIOS = dict(
+    dream_overhead='DREAM step / standard step, production path, --batch-size; median of per-round ratios, '
+                   'dream_overhead_range their min-max',
+    speedup_vs_fp32_eager='fp32 eager NCHW step (TF32 off) / production step, --batch-size, timed in turns; '
+                          'median of per-round ratios, speedup_vs_fp32_eager_range their min-max',
+    fp32_cl_step_ratio='fp32 channels_last step / production step (CPU fp32 only)',
+    mfu='standard step FLOP/s (FlopCounterMode FLOPs x batch / median step s) / matmul peak of the production dtype',
+    dtype_check_bf16_speedup='dtype_check.fp32_step_s / dtype_check.bf16_step_s, on dtype_check.where',
+)
+
+
 def rounded(value):
     if isinstance(value, dict):
         return {k: rounded(v) for k, v in value.items()}
@@ -472,6 +502,7 @@ def main(argv=None):
     measure_memory(b, R)
     report_targets(b, R)
     if a.json:
+        R['ratio_definitions'] = RATIOS
         print(json.dumps(rounded(R)))
     return R
 
