@@ -15,7 +15,7 @@ import os
 import torch
 
 COLUMNS = ('label seed step train_s sampler steps n psnr ssim consistency bicubic_psnr bicubic_ssim '
-           'bicubic_consistency pred residual noise_cond project norm_groups dream_p run').split()
+           'bicubic_consistency pred residual noise_cond project norm_groups dream_p lr lr_schedule warmup run').split()
 
 
 def eval_rows(run, label, every=False):
@@ -34,7 +34,8 @@ def eval_rows(run, label, every=False):
                         bicubic_consistency=ev['bicubic_consistency'], pred=args.get('pred', 'eps'),
                         residual=args.get('residual', False), noise_cond=args.get('noise_cond', 'gamma'),
                         project=args.get('project', False), norm_groups=args.get('norm_groups'),
-                        dream_p=args['dream_p'] if args.get('dream') else '', run=run))
+                        dream_p=args['dream_p'] if args.get('dream') else '', lr=args['lr'],
+                        lr_schedule=args.get('lr_schedule', 'constant'), warmup=args.get('warmup', 0), run=run))
     return out
 
 
