@@ -105,10 +105,15 @@ def claim_a(curves, last, labels, standard, cost):
     return '\n'.join(lines), claims
 
 
-def claim_b(steps_rows, labels, standard):
-    """Fewest sampling steps at which a method's mean over seeds reaches the standard model's best mean."""
+def claim_b(steps_rows, labels, standard, min_steps=1):
+    """Fewest sampling steps (>= min_steps) at which a method's mean over seeds reaches the standard model's best mean
+    over the step counts >= min_steps."""
+    steps_rows = [r for r in steps_rows if r['steps'] >= min_steps]
     mean = {k: {m: statistics.fmean(r[m] for r in rs) for m in METRICS} | {'n_seeds': len(rs)}
             for k, rs in by(steps_rows, 'label', 'sampler', 'steps').items()}
+    # compare means over the same number of seeds: step counts run for fewer seeds (the long ones) are left out
+    full = max(v['n_seeds'] for v in mean.values())
+    mean = {k: v for k, v in mean.items() if v['n_seeds'] == full}
     best = {m: max((v[m], s, n) for (lab, s, n), v in mean.items() if lab == standard) for m in METRICS}
     lines = [f"| method | sampler | fewest steps to the standard's best PSNR {best['psnr'][0]:.2f} dB "
              f"({best['psnr'][1]} {best['psnr'][2]}) | to its best SSIM {best['ssim'][0]:.3f} "
@@ -121,7 +126,7 @@ def claim_b(steps_rows, labels, standard):
                 ok = sorted(n for (lab, s, n), v in mean.items() if lab == label and s == sampler and v[m] >= best[m][0])
                 cells.append(str(ok[0]) if ok else 'never')
                 claims.append(dict(claim='b', metric=m, target=round(best[m][0], 4), label=label, sampler=sampler,
-                                   fewest_steps=ok[0] if ok else ''))
+                                   min_steps=min_steps, fewest_steps=ok[0] if ok else ''))
             lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines), claims
 
@@ -184,6 +189,8 @@ def main(argv=None):
     ap.add_argument('--steps', help='sweep.py --sweep steps CSV')
     ap.add_argument('--cost', help='collect_eval.py CSV of short runs timed alone (label, step, train_s)')
     ap.add_argument('--standard', default='standard', help='label of the standard model')
+    ap.add_argument('--min-steps', type=int, default=5, help='claim (b) also among step counts >= this (a 2-step '
+                    'sampler returns little more than the blurry posterior mean, which PSNR / SSIM favour)')
     ap.add_argument('--out', required=True, help='prefix of the PNGs and OUT_claims.csv')
     a = ap.parse_args(argv)
     curves = read(a.curves)
@@ -205,9 +212,11 @@ def main(argv=None):
     plot_curves(curves, labels, cost, a.out + '_curves.png')
     if a.steps:
         steps_rows = read(a.steps)
-        tb, cb = claim_b(steps_rows, list(dict.fromkeys(r['label'] for r in steps_rows)), a.standard)
-        print("Claim (b), sampling steps (mean over seeds at each step count):\n\n" + tb + '\n')
-        claims += cb
+        for min_steps in sorted({1, a.min_steps}):
+            tb, cb = claim_b(steps_rows, list(dict.fromkeys(r['label'] for r in steps_rows)), a.standard, min_steps)
+            print(f"Claim (b), sampling steps >= {min_steps} (mean over seeds at each step count run for every seed):"
+                  "\n\n" + tb + '\n')
+            claims += cb
         plot_steps(steps_rows, list(dict.fromkeys(r['label'] for r in steps_rows)), a.out + '_steps.png')
     keys = list(dict.fromkeys(k for c in claims for k in c))
     with open(a.out + '_claims.csv', 'w', newline='') as f:

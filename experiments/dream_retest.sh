@@ -42,7 +42,9 @@ python experiments/collect_eval.py --runs runs/t_std runs/t_dream --labels stand
 python experiments/dream_report.py --curves results/dream_curves.csv --steps results/dream_steps.csv \
   --cost results/dream_cost.csv --out results/dream
 
-# the quick start's seed spread: standard and DREAM, every seed, all 100 held-out faces, 50 DDPM steps
+# the quick start's seed spread, standard and DREAM: all 100 held-out faces, 50 DDPM steps (each point draws its
+# sampling noise from --seed 0 afresh, so splitting the runs over several calls gives the same rows)
 python experiments/sweep.py --sweep steps --data $D --n 100 --batch-size 50 \
   --runs runs/d_std_s0 runs/d_std_s1 runs/d_std_s2 runs/d_dream_s0 runs/d_dream_s1 runs/d_dream_s2 \
   --labels standard standard standard DREAM_p=1 DREAM_p=1 DREAM_p=1 --steps 50 --sampler ddpm --out results/quickstart_seeds
+sed -i 's/DREAM_p=1/DREAM p=1/' results/quickstart_seeds.csv
