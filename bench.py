@@ -27,9 +27,9 @@ import copy
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
-import statistics
 import time
 from types import SimpleNamespace
 
@@ -54,7 +54,8 @@ def get_args(argv=None):
     p.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'])
     p.add_argument('--dtype', default='auto', choices=['auto', 'fp32', 'bf16'])
     p.add_argument('--compile', action='store_true', help='torch.compile the training step (CUDA)')
-    p.add_argument('--iters', type=int, default=None, help='timed rounds per measurement, medians reported (default: 20 CUDA, 5 CPU)')
+    p.add_argument('--iters', type=int, default=None, 
+                   help='timed rounds per measurement, medians reported (default: 20 CUDA, 5 CPU)')
     p.add_argument('--budget', type=float, default=60.0, help='seconds: optional measurements predicted to take '
                    'longer are skipped (bigger batches, the other dtype, sampling at batch 16, memory probes)')
     p.add_argument('--sample-steps', type=int, default=100, help='sampling steps of a whole image (sample.py: 100)')
@@ -315,7 +316,8 @@ def measure_production_step(b, R):
     print(f'train batch {B}: standard {B / t_std:8.2f} img/s ({t_std * 1e3:.0f} ms/step), MFU {R["mfu"]:.3f} '
           f'({b.f_std * B / t_std / 1e9:.1f} of {b.peak:.1f} GFLOP/s)')
     print(f'train batch {B}: DREAM    {B / t_dream:8.2f} img/s ({t_dream * 1e3:.0f} ms/step), MFU {R["mfu_dream"]:.3f}; '
-          f'DREAM step / standard step = {overhead:.3f} (median of {len(times[0])} interleaved pairs, {lo:.3f}-{hi:.3f})')
+          f'DREAM step / standard step = {overhead:.3f} (median of {len(times[0])} interleaved pairs, '
+          f'{lo:.3f}-{hi:.3f})')
 
 
 def measure_path(b, dtype, fmt, label, compile=False, tf32=True):

@@ -247,6 +247,7 @@ def train(a):
         while step < a.max_iters:
             # forward backward update, with optional gradient accumulation (DDP syncs the last micro-batch only)
             model.train()
+            # determine and set the learning rate
             for group in opt.param_groups:
                 group['lr'] = lr_at(a, step)
             for k in range(a.grad_accum):

@@ -1,6 +1,6 @@
 """Collect the final evaluation of training runs (their log.jsonl) into one results CSV, one row per run.
 
-    python experiments/collect_eval.py --runs runs/quick --labels "tiny, residual v, project" --out results/quickstart.csv
+    python experiments/collect_eval.py --runs runs/quick --labels "tiny, residual v, project" --out results/q.csv
     python experiments/collect_eval.py --all --runs runs/std_s0 runs/dream_s0 --labels standard "DREAM p=1" --out c.csv
 
 Columns follow ../shared/DESIGN.md "Results files": label, seed, step, train_s, sampler, steps, n, psnr, ssim,
@@ -18,24 +18,35 @@ COLUMNS = ('label seed step train_s sampler steps n psnr ssim consistency bicubi
            'bicubic_consistency pred residual noise_cond project norm_groups dream_p lr lr_schedule warmup run').split()
 
 
+def sampler_of(task):
+    """The sampler train.py's evaluation uses: SR3's DDPM, EDM's Heun (relay stage 1), the relay sampler (stage 2)."""
+    if task.startswith('sr'):
+        return 'ddpm'
+    return 'relay' if '_' in task else 'edm'
+
+
 def eval_rows(run, label, every=False):
-    """The run's last evaluation (every=False) or all of them, as results rows."""
+    """The run's last evaluation (every=False) or all of them, as results rows. A run with no scored evaluation
+    (relay stage 1 has no reference images) gives one row at its last logged step, metrics empty: its timing."""
     rows = [json.loads(line) for line in open(os.path.join(run, 'log.jsonl'))]
     evals = [r for r in rows if r.get('eval')]
     if not evals:
-        raise SystemExit(f'{run}: no evaluation line in log.jsonl')
+        evals = [max((r for r in rows if 'train_s' in r), key=lambda r: r['step'], default=None)]
+        if evals[0] is None:
+            raise SystemExit(f'{run}: neither an evaluation nor a timed step in log.jsonl')
     args = torch.load(os.path.join(run, 'ckpt.pt'), map_location='cpu', weights_only=True)['args']
     out = []
     for ev in evals if every else evals[-1:]:
         train_s = max((r['train_s'] for r in rows if 'train_s' in r and r['step'] <= ev['step']), default=None)
-        out.append(dict(label=label, seed=args['seed'], step=ev['step'], train_s=train_s, sampler='ddpm',
-                        steps=ev['eval_steps'], n=args['eval_n'], psnr=ev['psnr'], ssim=ev['ssim'],
-                        consistency=ev['consistency'], bicubic_psnr=ev['bicubic_psnr'], bicubic_ssim=ev['bicubic_ssim'],
-                        bicubic_consistency=ev['bicubic_consistency'], pred=args.get('pred', 'eps'),
-                        residual=args.get('residual', False), noise_cond=args.get('noise_cond', 'gamma'),
-                        project=args.get('project', False), norm_groups=args.get('norm_groups'),
-                        dream_p=args['dream_p'] if args.get('dream') else '', lr=args['lr'],
-                        lr_schedule=args.get('lr_schedule', 'constant'), warmup=args.get('warmup', 0), run=run))
+        scores = {k: ev.get(k, '') for k in ('psnr', 'ssim', 'consistency', 'bicubic_psnr', 'bicubic_ssim',
+                                            'bicubic_consistency')}
+        out.append(dict(label=label, seed=args['seed'], step=ev['step'], train_s=train_s,
+                        sampler=sampler_of(args['task']), steps=ev.get('eval_steps', ''), n=args['eval_n'], **scores,
+                        pred=args.get('pred', 'eps'), residual=args.get('residual', False),
+                        noise_cond=args.get('noise_cond', 'gamma'), project=args.get('project', False),
+                        norm_groups=args.get('norm_groups'), dream_p=args['dream_p'] if args.get('dream') else '',
+                        lr=args['lr'], lr_schedule=args.get('lr_schedule', 'constant'), warmup=args.get('warmup', 0),
+                        run=run))
     return out
 
 

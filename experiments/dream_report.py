@@ -57,7 +57,7 @@ def final_table(curves, labels):
     for (label, seed), rs in by(curves, 'label', 'seed').items():
         last[label, seed] = max(rs, key=lambda r: r['step'])
     b = next(iter(last.values()))
-    lines = [f"| method | seeds | iterations | PSNR (dB) | SSIM | consistency (1e-5) |", '|---|---|---|---|---|---|']
+    lines = ['| method | seeds | iterations | PSNR (dB) | SSIM | consistency (1e-5) |', '|---|---|---|---|---|---|']
     for label in labels:
         rs = [r for (lab, _), r in last.items() if lab == label]
         if rs:
@@ -90,6 +90,7 @@ def claim_a(curves, last, labels, standard, cost):
             reached = [i for i in its if i is not None]
             never = len(its) - len(reached)
             s_per = cost.get(label)
+            mean_its = statistics.fmean(reached) if reached else None
             if reached:
                 txt = fmt(reached, 0) + (f', {never} of {len(its)} seeds never' if never else '')
                 secs = fmt([i * s_per for i in reached], 0) if s_per else 'not timed'
@@ -97,10 +98,9 @@ def claim_a(curves, last, labels, standard, cost):
                 txt, secs = f'never ({len(its)} seeds)', '–'
             cells += [txt, secs]
             claims.append(dict(claim='a', metric=m, target=round(targets[m], 4), label=label, seeds=len(its),
-                               reached=len(reached), iters_mean=statistics.fmean(reached) if reached else '',
-                               iters_min=min(reached, default=''), iters_max=max(reached, default=''),
-                               s_per_iter=s_per or '', seconds_mean=statistics.fmean(reached) * s_per
-                               if reached and s_per else ''))
+                               reached=len(reached), iters_mean=mean_its or '', iters_min=min(reached, default=''),
+                               iters_max=max(reached, default=''), s_per_iter=s_per or '',
+                               seconds_mean=mean_its * s_per if mean_its and s_per else ''))
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines), claims
 
@@ -123,7 +123,8 @@ def claim_b(steps_rows, labels, standard, min_steps=1):
         for sampler in sorted({s for (lab, s, _) in mean if lab == label}):
             cells = [label, sampler]
             for m in METRICS:
-                ok = sorted(n for (lab, s, n), v in mean.items() if lab == label and s == sampler and v[m] >= best[m][0])
+                ok = sorted(n for (lab, s, n), v in mean.items()
+                            if lab == label and s == sampler and v[m] >= best[m][0])
                 cells.append(str(ok[0]) if ok else 'never')
                 claims.append(dict(claim='b', metric=m, target=round(best[m][0], 4), label=label, sampler=sampler,
                                    min_steps=min_steps, fewest_steps=ok[0] if ok else ''))
@@ -140,7 +141,9 @@ def errorbar_lines(ax, groups, x_of, metric):
         xs = sorted(pts)
         stats = [spread(pts[x]) for x in xs]
         ys = [s[0] for s in stats]
-        ax.errorbar(xs, ys, yerr=[[max(0.0, y - s[2]) for y, s in zip(ys, stats)], [max(0.0, s[3] - y) for y, s in zip(ys, stats)]],
+        below = [max(0.0, y - s[2]) for y, s in zip(ys, stats)]  # never negative: float rounding of one seed
+        above = [max(0.0, s[3] - y) for y, s in zip(ys, stats)]
+        ax.errorbar(xs, ys, yerr=[below, above],
                     fmt='o-', ms=3, capsize=3, label=f'{label} ({len({r["seed"] for r in rs})} seeds)')
 
 

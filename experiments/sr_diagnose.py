@@ -17,7 +17,6 @@ Measures, for the EMA and the raw weights (issue "models that super-resolve"):
 import argparse
 import csv
 import json
-import math
 import os
 import sys
 

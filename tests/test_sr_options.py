@@ -132,7 +132,8 @@ def test_sr_noise_is_drawn_where_the_generator_lives(monkeypatch):
 
 def test_lr_schedule_warms_up_linearly_then_follows_the_cosine_to_zero():
     import train
-    a = train.get_args(['--data', 'x', '--lr', '1e-3', '--max-iters', '1000', '--warmup', '100', '--lr-schedule', 'cosine'])
+    a = train.get_args(['--data', 'x', '--lr', '1e-3', '--max-iters', '1000', '--warmup', '100',
+                        '--lr-schedule', 'cosine'])
     cos = lambda s: 0.5 * (1 + math.cos(math.pi * s / 1000))  # noqa: E731
     assert train.lr_at(a, 0) == pytest.approx(1e-5 * cos(0))  # iteration 1 of 100 warm-up iterations
     assert train.lr_at(a, 49) == pytest.approx(0.5e-3 * cos(49))

@@ -11,7 +11,6 @@ from PIL import Image
 
 import data
 import checkpoint
-import metrics
 import runtime
 import tasks
 import train
