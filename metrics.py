@@ -9,6 +9,10 @@ Recipes (so our numbers compare with theirs):
 * psnr_y / ssim_y (y_channel=True): BasicSR's rgb2ycbcr luma, ITU-R BT.601 studio swing (16-235), unrounded:
   Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255 on 0-255 values;
 * consistency = MSE on the [0,1] scale of data.resize(pred, lr size, bicubic) vs lr (raw; DREAM prints x1e5);
+* flat_noise (ours, the "residual noise" of the SR issue) = sqrt of the high-pass energy of pred over gt's, in gt's
+  flattest 30% of pixels: high-pass = z - Gaussian blur (sigma 1 px), flatness = gt's local (5x5) high-pass energy.
+  1 = as much pixel-scale fluctuation where the real image is smooth as the real image has there; > 1 noise or
+  hallucinated texture left in pred (the speckle of an undertrained diffusion model); < 1 smoother (bicubic ~0.66);
 * LPIPS (AlexNet, `lpips` package, only when its weights are already on disk) on [-1,1] inputs, the
   package's convention; the DREAM code feeds [0,1], so its LPIPS numbers are not comparable.
 * KID / FID (RDM's generation metrics): torchmetrics' KernelInceptionDistance / FrechetInceptionDistance. With the
@@ -85,6 +89,36 @@ def consistency(pred, lr):
     lr = _batch(lr)
     down = data.resize(_batch(pred), tuple(lr.shape[-2:]))
     return ((quantize(down) - quantize(lr)) / 255.0).pow(2).flatten(1).mean(1)
+
+
+def _high_pass(z, sigma=1.0, radius=3):
+    """z - Gaussian blur of z (separable, reflect padding), float64."""
+    radius = min(radius, z.shape[-2] - 1, z.shape[-1] - 1)  # reflect padding needs pad < size
+    t = torch.arange(-radius, radius + 1, dtype=torch.float64, device=z.device)
+    k = torch.exp(-t * t / (2 * sigma * sigma))
+    k = k / k.sum()
+    z = z.double()
+    c = z.shape[1]
+    b = torch.nn.functional.conv2d(torch.nn.functional.pad(z, (radius, radius, 0, 0), mode='reflect'),
+                                   k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    b = torch.nn.functional.conv2d(torch.nn.functional.pad(b, (0, 0, radius, radius), mode='reflect'),
+                                   k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+    return z - b
+
+
+def flat_noise(pred, gt, quantile=0.3):
+    """Per-image (B,) residual noise: sqrt(sum over gt's flattest pixels of |hp(pred)|^2 / the same of |hp(gt)|^2),
+    hp = high-pass (z - Gaussian blur, sigma 1 px); the flattest pixels are the `quantile` of each image with the
+    lowest 5x5 mean of gt's high-pass energy (module docstring)."""
+    pred, gt = _batch(pred), _batch(gt)
+    e_gt = _high_pass(gt).pow(2).mean(1, keepdim=True)
+    local = torch.nn.functional.avg_pool2d(e_gt, 5, 1, 2, count_include_pad=False)
+    thr = local.flatten(1).quantile(quantile, dim=1).view(-1, 1, 1, 1)
+    mask = (local <= thr).double()
+    e_pred = _high_pass(pred).pow(2).mean(1, keepdim=True)
+    num = (e_pred * mask).flatten(1).sum(1)
+    den = (e_gt * mask).flatten(1).sum(1).clamp(min=1e-12)
+    return (num / den).sqrt().float()
 
 
 def lpips_fn(net="alex"):
@@ -197,8 +231,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
 
 
 def compute_metrics(pred, gt, lr=None, lpips=None, y_channel=False):
-    """Per-image lists: psnr, ssim (+ psnr_y, ssim_y), consistency if lr given, lpips if a callable is given."""
-    out = {"psnr": psnr(pred, gt).tolist(), "ssim": ssim(pred, gt).tolist()}
+    """Per-image lists: psnr, ssim, flat_noise (+ psnr_y, ssim_y), consistency if lr given, lpips if a callable is
+    given."""
+    out = {"psnr": psnr(pred, gt).tolist(), "ssim": ssim(pred, gt).tolist(), "flat_noise": flat_noise(pred, gt).tolist()}
     if y_channel:
         out.update(psnr_y=psnr(pred, gt, True).tolist(), ssim_y=ssim(pred, gt, True).tolist())
     if lr is not None:

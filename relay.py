@@ -214,6 +214,14 @@ def edm_sampler(D, latents, steps=18, sigma_min=0.002, sigma_max=80.0, rho=7.0, 
     return x.to(latents.dtype)
 
 
+def default_truncation_sigma(prob_length, P_mean=-1.2, P_std=1.2, cap=0.9):
+    """Where stage-2 sampling starts by default: RDM's 0.9, or lower when the model's blur process ends lower:
+    with --prob-length p the training process is fully blurred at sigma_end = t_to_sigma(1, p) (1.77 for the
+    default 0.93, 1.31 for CelebA-HQ's 0.89), and a start above sigma_end would ask the network about blur times
+    > 1, which it never saw. Returns min(cap, 0.999 sigma_end)."""
+    return min(cap, 0.999 * float(t_to_sigma(1.0, P_mean, P_std, prob_length)))
+
+
 @torch.inference_mode()
 def relay_sampler(D, x_up, steps, truncation_sigma=0.9, truncation_t=0.93, block=4, s_block=0.15, s_noise=0.2,
                   blur_sigma_max=3.0, sigma_min=0.008, sigma_max=80.0, rho=7.0, generator=None, callback=None,

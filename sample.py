@@ -36,7 +36,8 @@ def get_args(argv=None):
     p.add_argument('--n', type=int, default=16, help='images to generate (two-stage relay)')
     p.add_argument('--steps-first', type=int, default=40)
     p.add_argument('--steps-second', type=int, default=40)
-    p.add_argument('--truncation-sigma', type=float, default=0.9)
+    p.add_argument('--truncation-sigma', type=float, default=None,
+                   help="where stage 2 starts (default 0.9, RDM's, or lower if the model's blur process ends lower)")
     p.add_argument('--truncation-t', type=float, default=None, help="default: the stage-2 model's --prob-length")
     p.add_argument('--s-block', type=float, default=0.15)
     p.add_argument('--s-noise', type=float, default=0.2)
@@ -83,7 +84,9 @@ def super_resolve(model, cfg, lr, steps, sampler='ddpm', generator=None, device=
 
 def relay_kwargs(a, cfg2):
     truncation_t = a.truncation_t if a.truncation_t is not None else cfg2['prob_length']
-    return dict(truncation_sigma=a.truncation_sigma, s_block=a.s_block, s_noise=a.s_noise,
+    truncation_sigma = a.truncation_sigma if a.truncation_sigma is not None else \
+        relay.default_truncation_sigma(cfg2['prob_length'])
+    return dict(truncation_sigma=truncation_sigma, s_block=a.s_block, s_noise=a.s_noise,
                 truncation_t=truncation_t, blur_sigma_max=cfg2['blur_sigma_max'])
 
 

@@ -157,7 +157,15 @@ def sample_and_score(model, cfg, batch, steps, sampler='ddpm', generator=None, d
         with autocast(device, dtype):
             out = relay.relay_sampler(relay.EDMPrecond(model), x_up, steps=steps, block=info['block'],
                                       blur_sigma_max=cfg['blur_sigma_max'], truncation_t=cfg['prob_length'],
+                                      truncation_sigma=relay.default_truncation_sigma(cfg['prob_length']),
                                       generator=relay_generator).float()
         res = metrics.mean_metrics(metrics.compute_metrics(out.cpu(), hr.cpu()))
+        # the baselines on the same box-downsampled input (DESIGN.md "Results files"): the relay's own input and
+        # bicubic upsampling of the tile means
+        lr_box = F.avg_pool2d(hr, info['block'])
+        bicubic = F.interpolate(lr_box, size=hr.shape[-2:], mode='bicubic', align_corners=False).clamp(-1, 1)
+        for name, base in (('input', x_up), ('bicubic', bicubic)):
+            b = metrics.mean_metrics(metrics.compute_metrics(base.cpu(), hr.cpu()))
+            res.update({f'{name}_{k}': v for k, v in b.items() if k != 'n'})
         cols = [x_up, out, hr]
     return res, torch.stack(cols, 1).flatten(0, 1).cpu(), len(cols)

@@ -4,7 +4,8 @@
     python experiments/collect_eval.py --all --runs runs/std_s0 runs/dream_s0 --labels standard "DREAM p=1" --out c.csv
 
 Columns follow ../shared/DESIGN.md "Results files": label, seed, step, train_s, sampler, steps, n, psnr, ssim,
-consistency, bicubic_psnr, bicubic_ssim, bicubic_consistency, plus the run's SR options and DREAM p (empty: standard).
+consistency, flat_noise, bicubic_psnr, bicubic_ssim, bicubic_consistency, bicubic_flat_noise, input_psnr /
+input_ssim (relay stage 2: its own input, the nearest-upsampled tile means), plus the run's SR options and DREAM p (empty: standard).
 --all: every evaluation of each run (a curve: one row per evaluated step), not only the last.
 """
 import argparse
@@ -14,8 +15,8 @@ import os
 
 import torch
 
-COLUMNS = ('label seed step train_s sampler steps n psnr ssim consistency bicubic_psnr bicubic_ssim '
-           'bicubic_consistency pred residual noise_cond project norm_groups dream_p lr lr_schedule warmup run').split()
+COLUMNS = ('label seed step train_s sampler steps n psnr ssim consistency flat_noise bicubic_psnr bicubic_ssim '
+           'bicubic_consistency bicubic_flat_noise input_psnr input_ssim pred residual noise_cond project norm_groups dream_p lr lr_schedule warmup run').split()
 
 
 def sampler_of(task):
@@ -38,8 +39,8 @@ def eval_rows(run, label, every=False):
     out = []
     for ev in evals if every else evals[-1:]:
         train_s = max((r['train_s'] for r in rows if 'train_s' in r and r['step'] <= ev['step']), default=None)
-        scores = {k: ev.get(k, '') for k in ('psnr', 'ssim', 'consistency', 'bicubic_psnr', 'bicubic_ssim',
-                                            'bicubic_consistency')}
+        scores = {k: ev.get(k, '') for k in ('psnr', 'ssim', 'consistency', 'flat_noise', 'bicubic_psnr', 'bicubic_ssim',
+                                            'bicubic_consistency', 'bicubic_flat_noise', 'input_psnr', 'input_ssim')}
         out.append(dict(label=label, seed=args['seed'], step=ev['step'], train_s=train_s,
                         sampler=sampler_of(args['task']), steps=ev.get('eval_steps', ''), n=args['eval_n'], **scores,
                         pred=args.get('pred', 'eps'), residual=args.get('residual', False),

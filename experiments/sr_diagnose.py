@@ -11,8 +11,11 @@ Measures, for the EMA and the raw weights (issue "models that super-resolve"):
     high-frequency error as bicubic; a sample that hallucinates uncorrelated detail of the right power is ~2), and
     hf_power, the energy of x itself above that frequency over HR's (1 = detail of the right power; > 1 is noise
     left in the sample, < 1 over-smoothing);
+  * flat_noise (metrics.flat_noise): pixel-scale fluctuation where HR is smooth, over HR's own (1 = as much as the
+    real image; > 1 = speckle the model left or invented there);
   * the denoising error per noise-level band: MSE of x0_hat vs x0 on held-out images at fixed gamma, in 8 bands
-    of the training grid t (a model that fails at high noise shows it here first).
+    of the training grid t (a model that fails at high noise shows it here first), and the flat_noise of that
+    one-shot estimate (a denoiser that leaves noise in smooth regions at some noise level shows it here).
 """
 import argparse
 import csv
@@ -29,6 +32,9 @@ import data  # noqa: E402
 import metrics  # noqa: E402
 from checkpoint import load_checkpoint  # noqa: E402
 from tasks import make_diffusion, model_from_args  # noqa: E402
+
+
+METRICS = ('psnr', 'ssim', 'consistency', 'colour_shift', 'hf_ratio', 'hf_power', 'flat_noise')
 
 
 def load(path):
@@ -69,7 +75,9 @@ def band_errors(diff, hr, sr, bands=8, seed=0):
         eps = torch.randn(hr.shape, generator=g)
         x_t = diff.q_sample(x0, gamma, eps)
         x0_hat, _ = diff.predict(x_t, sr, gamma)
-        rows.append(dict(t=t, gamma=round(gamma[0].item(), 5), x0_mse=F.mse_loss(x0_hat.clamp(-2, 2), x0).item()))
+        image = (x0_hat + sr if diff.residual else x0_hat).clamp(-1, 1)
+        rows.append(dict(t=t, gamma=round(gamma[0].item(), 5), x0_mse=F.mse_loss(x0_hat.clamp(-2, 2), x0).item(),
+                         x0_flat_noise=round(metrics.flat_noise(image, hr).mean().item(), 4)))
     return rows
 
 
@@ -77,7 +85,8 @@ def score(x, hr, lr, sr, scale):
     return dict(psnr=metrics.psnr(x, hr).mean().item(), ssim=metrics.ssim(x, hr).mean().item(),
                 consistency=metrics.consistency(x, lr).mean().item(), colour_shift=colour_shift(x, hr),
                 hf_ratio=high_freq_energy(x, hr, scale) / high_freq_energy(sr, hr, scale),
-                hf_power=high_freq_energy(x, torch.zeros_like(x), scale) / high_freq_energy(hr, torch.zeros_like(hr), scale))
+                hf_power=high_freq_energy(x, torch.zeros_like(x), scale) / high_freq_energy(hr, torch.zeros_like(hr), scale),
+                flat_noise=metrics.flat_noise(x, hr).mean().item())
 
 
 def main():
@@ -116,20 +125,17 @@ def main():
         with open(a.json, 'a') as f:
             f.write(json.dumps(out) + '\n')
     if a.csv:
+        header = ['label', 'seed', 'step', 'weights', 'sampler', 'steps', 'n', *METRICS, *(f'bicubic_{k}' for k in METRICS)]
         new = not os.path.exists(a.csv)
+        if not new and next(csv.reader(open(a.csv)), None) != header:
+            raise SystemExit(f'{a.csv}: has other columns than this script writes; give a new --csv')
         with open(a.csv, 'a', newline='') as f:
             w = csv.writer(f)
             if new:
-                w.writerow(['label', 'seed', 'step', 'weights', 'sampler', 'steps', 'n', 'psnr', 'ssim', 'consistency',
-                            'colour_shift', 'hf_ratio', 'hf_power', 'bicubic_psnr', 'bicubic_ssim', 'bicubic_consistency',
-                            'bicubic_colour_shift'])
+                w.writerow(header)
             for which in (('ema', 'model') if a.raw else ('ema',)):
-                r = out[which]
-                b = out['bicubic']
                 w.writerow([a.label, args.get('seed', 0), step, which, a.sampler, a.steps, len(hr),
-                            *(round(r[k], 5) for k in ('psnr', 'ssim', 'consistency', 'colour_shift', 'hf_ratio', 'hf_power')),
-                            *(round(b[k], 5) for k in ('psnr', 'ssim', 'consistency', 'colour_shift'))])
-
+                            *(round(out[which][k], 5) for k in METRICS), *(round(out['bicubic'][k], 5) for k in METRICS)])
 
 if __name__ == '__main__':
     main()

@@ -27,8 +27,8 @@ from checkpoint import load_checkpoint  # noqa: E402
 from runtime import UsageError, allow_tf32, pick_device, pick_dtype  # noqa: E402
 from tasks import heldout, model_from_args, parse_task, sample_and_score  # noqa: E402
 
-COLUMNS = ('run label seed sample_seed ckpt step train_s task sampler steps n psnr ssim consistency bicubic_psnr '
-           'bicubic_ssim bicubic_consistency wall_s').split()
+COLUMNS = ('run label seed sample_seed ckpt step train_s task sampler steps n psnr ssim consistency flat_noise '
+           'bicubic_psnr bicubic_ssim bicubic_consistency bicubic_flat_noise input_psnr input_ssim wall_s').split()
 
 
 def get_args(argv=None):

@@ -120,6 +120,35 @@ def test_ssim_rejects_tiny_images():
         metrics.ssim(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8))
 
 
+# ------------------------------------------------------------------ flat_noise (residual noise)
+
+def _half_flat(g, s0=0.02, b=2, n=64):
+    """Left half: a smooth ramp + weak white noise of std s0 (the 'flat' pixels); right half: strong texture."""
+    ramp = torch.linspace(-0.5, 0.5, n, dtype=torch.float64).view(1, 1, 1, n).expand(b, 3, n, n).clone()
+    img = ramp + s0 * torch.randn(b, 3, n, n, generator=g, dtype=torch.float64)
+    img[..., n // 2:] += 0.4 * torch.randn(b, 3, n, n // 2, generator=g, dtype=torch.float64)
+    return img
+
+
+def test_flat_noise_against_white_noise_closed_form():
+    g = torch.Generator().manual_seed(7)
+    gt = _half_flat(g)
+    assert torch.allclose(metrics.flat_noise(gt, gt), torch.ones(2))
+    # the high-pass is linear and its gain on independent white noise is the same for any variance, so adding
+    # independent noise of std s to the flat pixels' s0 gives sqrt((s0^2 + s^2) / s0^2) there: sqrt(2), sqrt(10)
+    for s, expect in ((0.02, 2 ** 0.5), (0.06, 10 ** 0.5)):
+        noisy = gt + s * torch.randn(gt.shape, generator=g, dtype=torch.float64)
+        assert torch.allclose(metrics.flat_noise(noisy, gt), torch.full((2,), expect, dtype=torch.float32),
+                              rtol=0.06), (s, metrics.flat_noise(noisy, gt))
+    # noise only where the image is textured is not counted; blurring gives < 1
+    textured_only = gt.clone()
+    textured_only[..., 32:] += 0.1 * torch.randn(2, 3, 64, 32, generator=g, dtype=torch.float64)
+    assert (metrics.flat_noise(textured_only, gt) - 1).abs().max() < 0.1
+    blurred = torch.nn.functional.avg_pool2d(gt, 3, 1, 1, count_include_pad=False)
+    assert metrics.flat_noise(blurred, gt).max() < 0.6
+    assert metrics.flat_noise(gt[0], gt[0]).shape == (1,)  # a single (3, H, W) image
+
+
 # ------------------------------------------------------------------ consistency
 
 def test_consistency():

@@ -102,6 +102,25 @@ def relay_run(faces, tmp_path_factory):
     return out
 
 
+def test_relay_stage2_evaluation_carries_its_baselines(relay_run):
+    """Results rows of relay stage 2 carry input_psnr (the relay's own input, nearest-up tile means) and
+    bicubic_psnr (bicubic-up of the same tile means) beside the output's (DESIGN.md "Results files")."""
+    evals = [json.loads(line) for line in open(os.path.join(relay_run, 'log.jsonl')) if '"eval"' in line]
+    ev = evals[-1]
+    for k in ('psnr', 'ssim', 'flat_noise', 'input_psnr', 'input_ssim', 'bicubic_psnr', 'bicubic_ssim'):
+        assert math.isfinite(ev[k]), (k, ev)
+    assert ev['bicubic_psnr'] > ev['input_psnr'], ev  # on smooth images bicubic beats blocky nearest upsampling
+
+
+def test_default_truncation_sigma_stays_inside_the_blur_process():
+    import relay
+    from block_noise import sigma_to_t
+    assert relay.default_truncation_sigma(0.93) == 0.9  # RDM's start; the process ends at sigma 1.77
+    for p in (0.5, 0.3):
+        s = relay.default_truncation_sigma(p)
+        assert s < 0.9 and 0.99 < float(sigma_to_t(s, prob_length=p)) <= 1.0, (p, s)
+
+
 def copy_run(src, tmp_path, name='run'):
     return shutil.copytree(src, str(tmp_path / name))
 
