@@ -30,6 +30,8 @@ def get_args(argv=None):
     p.add_argument('--out', required=True)
     p.add_argument('--steps', type=int, default=100, help='SR sampling steps')
     p.add_argument('--sampler', default='ddpm', choices=['ddpm', 'ddim'])
+    p.add_argument('--temperature', type=float, default=None,
+                   help="SR: scale of the noise added after x_T (default: the run's --temperature, 1 = DDPM as written)")
     p.add_argument('--relay', action='store_true')
     p.add_argument('--ckpt-first', help='relay stage 1 (relayL) checkpoint')
     p.add_argument('--ckpt-second', help='relay stage 2 (relayL_H) checkpoint')
@@ -78,7 +80,8 @@ def super_resolve(model, cfg, lr, steps, sampler='ddpm', generator=None, device=
     cond = data.resize(lr, hr).to(device)
     project_on = lr.to(device) if cfg.get('project') else None  # the run's --project: the low-res consistency step
     with autocast(torch.device(device), dtype):
-        out = make_diffusion(model, cfg).sample(cond, steps, sampler=sampler, generator=generator, lr=project_on)
+        out = make_diffusion(model, cfg).sample(cond, steps, sampler=sampler, generator=generator, lr=project_on,
+                                                temperature=cfg.get('temperature', 1.0))
     return out.float().cpu(), cond.cpu()
 
 
@@ -95,6 +98,10 @@ def sample_sr(a, device, dtype):
     model, cfg = load_model(a.ckpt, device)
     if not cfg['task'].startswith('sr'):
         raise UsageError(f"{a.ckpt} is a {cfg['task']} checkpoint, not super-resolution (use --relay)")
+    if a.temperature is not None:
+        if not a.temperature >= 0:
+            raise UsageError(f'--temperature must be >= 0, got {a.temperature}')
+        cfg = dict(cfg, temperature=a.temperature)
     names, lr = read_inputs(a.input, parse_task(cfg['task'])['lr'])
     generator = make_generator(a.seed, device)  # on the sampling device, like the relay path
     outs, conds = [], []

@@ -139,7 +139,8 @@ def sample_and_score(model, cfg, batch, steps, sampler='ddpm', generator=None, d
         hr, lr, sr = (batch[k].to(device) for k in ('hr', 'lr', 'sr'))
         with autocast(device, dtype):
             project_on = lr if cfg.get('project') else None
-            out = make_diffusion(model, cfg).sample(sr, steps, sampler=sampler, generator=generator, lr=project_on)
+            out = make_diffusion(model, cfg).sample(sr, steps, sampler=sampler, generator=generator, lr=project_on,
+                                                    temperature=cfg.get('temperature', 1.0))
             out = out.float()
         res = metrics.mean_metrics(metrics.compute_metrics(out.cpu(), hr.cpu(), lr.cpu()))
         bicubic = metrics.mean_metrics(metrics.compute_metrics(sr.cpu(), hr.cpu(), lr.cpu()))

@@ -37,7 +37,7 @@ from trainset import check_data_flags, datasets, make_loader, to_device
 from unet import PRESETS
 
 POSITIVE = 'max_iters batch_size grad_accum timesteps log_every eval_n eval_steps ckpt_every eval_every lr'.split()
-NON_NEGATIVE = ['snapshot_every', 'holdout', 'warmup']
+NON_NEGATIVE = ['snapshot_every', 'holdout', 'warmup', 'temperature']
 
 
 # ----------------------------------------------------------------------------- flags
@@ -86,6 +86,8 @@ def get_args(argv=None):
                    help="the network's noise level input: SR3's gamma, or ln(sigma)/4")
     p.add_argument('--project', action='store_true',
                    help='sampling: project every x0 estimate onto the images whose bicubic downsample is the LR')
+    p.add_argument('--temperature', type=float, default=1.0,
+                   help='sampling (evaluation and sample.py): scale of the noise added after x_T (1 = DDPM as written)')
     p.add_argument('--norm-groups', type=int, default=None, help="GroupNorm groups (default: the preset's)")
     p.add_argument('--blur-sigma-max', type=float, default=LOSS['blur_sigma_max'],
                    help='relay stage 2 (CelebA-HQ model: 2.0)')

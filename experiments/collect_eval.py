@@ -15,7 +15,7 @@ import os
 
 import torch
 
-COLUMNS = ('label seed step train_s sampler steps n psnr ssim consistency flat_noise bicubic_psnr bicubic_ssim '
+COLUMNS = ('label seed step train_s sampler steps temperature n psnr ssim consistency flat_noise bicubic_psnr bicubic_ssim '
            'bicubic_consistency bicubic_flat_noise input_psnr input_ssim pred residual noise_cond project norm_groups dream_p lr lr_schedule warmup run').split()
 
 
@@ -42,7 +42,9 @@ def eval_rows(run, label, every=False):
         scores = {k: ev.get(k, '') for k in ('psnr', 'ssim', 'consistency', 'flat_noise', 'bicubic_psnr', 'bicubic_ssim',
                                             'bicubic_consistency', 'bicubic_flat_noise', 'input_psnr', 'input_ssim')}
         out.append(dict(label=label, seed=args['seed'], step=ev['step'], train_s=train_s,
-                        sampler=sampler_of(args['task']), steps=ev.get('eval_steps', ''), n=args['eval_n'], **scores,
+                        sampler=sampler_of(args['task']), steps=ev.get('eval_steps', ''),
+                        temperature=args.get('temperature', 1.0) if args['task'].startswith('sr') else '',
+                        n=args['eval_n'], **scores,
                         pred=args.get('pred', 'eps'), residual=args.get('residual', False),
                         noise_cond=args.get('noise_cond', 'gamma'), project=args.get('project', False),
                         norm_groups=args.get('norm_groups'), dream_p=args['dream_p'] if args.get('dream') else '',

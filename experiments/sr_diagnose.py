@@ -96,6 +96,7 @@ def main():
     ap.add_argument('--n', type=int, default=100)
     ap.add_argument('--steps', type=int, default=50)
     ap.add_argument('--sampler', default='ddpm')
+    ap.add_argument('--temperature', type=float, default=None, help="sampling temperature (default: the run's)")
     ap.add_argument('--label', default='')
     ap.add_argument('--csv', default=None)
     ap.add_argument('--json', default=None)
@@ -114,7 +115,9 @@ def main():
     for which in (('ema', 'model') if a.raw else ('ema',)):
         diff = make_diffusion(nets[which], args)
         project_on = lr if a.project else None
-        x = diff.sample(sr, a.steps, sampler=a.sampler, generator=torch.Generator().manual_seed(1234), lr=project_on)
+        temperature = a.temperature if a.temperature is not None else args.get('temperature', 1.0)
+        x = diff.sample(sr, a.steps, sampler=a.sampler, generator=torch.Generator().manual_seed(1234), lr=project_on,
+                        temperature=temperature)
         out[which] = score(x, hr, lr, sr, hi // lo)
         out[which]['bands'] = band_errors(diff, hr, sr)
     if a.bf16_bands:
@@ -125,7 +128,7 @@ def main():
         with open(a.json, 'a') as f:
             f.write(json.dumps(out) + '\n')
     if a.csv:
-        header = ['label', 'seed', 'step', 'weights', 'sampler', 'steps', 'n', *METRICS, *(f'bicubic_{k}' for k in METRICS)]
+        header = ['label', 'seed', 'step', 'weights', 'sampler', 'steps', 'temperature', 'n', *METRICS, *(f'bicubic_{k}' for k in METRICS)]
         new = not os.path.exists(a.csv)
         if not new and next(csv.reader(open(a.csv)), None) != header:
             raise SystemExit(f'{a.csv}: has other columns than this script writes; give a new --csv')
@@ -134,7 +137,7 @@ def main():
             if new:
                 w.writerow(header)
             for which in (('ema', 'model') if a.raw else ('ema',)):
-                w.writerow([a.label, args.get('seed', 0), step, which, a.sampler, a.steps, len(hr),
+                w.writerow([a.label, args.get('seed', 0), step, which, a.sampler, a.steps, temperature, len(hr),
                             *(round(out[which][k], 5) for k in METRICS), *(round(out['bicubic'][k], 5) for k in METRICS)])
 
 if __name__ == '__main__':

@@ -27,7 +27,7 @@ from checkpoint import load_checkpoint  # noqa: E402
 from runtime import UsageError, allow_tf32, pick_device, pick_dtype  # noqa: E402
 from tasks import heldout, model_from_args, parse_task, sample_and_score  # noqa: E402
 
-COLUMNS = ('run label seed sample_seed ckpt step train_s task sampler steps n psnr ssim consistency flat_noise '
+COLUMNS = ('run label seed sample_seed ckpt step train_s task sampler steps temperature n psnr ssim consistency flat_noise '
            'bicubic_psnr bicubic_ssim bicubic_consistency bicubic_flat_noise input_psnr input_ssim wall_s').split()
 
 
@@ -44,6 +44,8 @@ def get_args(argv=None):
     ap.add_argument('--ckpt-name', default='ckpt.pt', help='--sweep steps: the checkpoint file of each run')
     ap.add_argument('--out', help='writes OUT.csv and OUT.png (default: sweep_MODE)')
     ap.add_argument('--seed', type=int, default=0, help='one seed for every point, so curves compare')
+    ap.add_argument('--temperature', type=float, default=None,
+                    help="SR sampling temperature for every point (default: each run's own --temperature)")
     ap.add_argument('--batch-size', type=int, default=50)
     ap.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'])
     ap.add_argument('--dtype', default='auto', choices=['auto', 'fp32', 'bf16'])
@@ -123,7 +125,8 @@ def score_point(ck, batch, steps, sampler, a, device, dtype):
     t0 = time.perf_counter()
     for i in range(0, n, a.batch_size):
         chunk = {k: v[i:i + a.batch_size] for k, v in batch.items()}
-        res = sample_and_score(model, ck['args'], chunk, steps, sampler, generator, device, dtype)[0]
+        cfg = ck['args'] if a.temperature is None else dict(ck['args'], temperature=a.temperature)
+        res = sample_and_score(model, cfg, chunk, steps, sampler, generator, device, dtype)[0]
         for k, v in res.items():
             totals[k] = totals.get(k, 0.0) + v * res['n']
     res = {k: float(f'{v / n:.6g}') for k, v in totals.items()}
@@ -189,7 +192,9 @@ def sweep(a):
         res = score_point(ck, sets[ck['args']['task']], steps, sampler, a, device, dtype)
         rows.append(dict(run=run, label=label, seed=ck['args'].get('seed'), sample_seed=a.seed,
                          ckpt=os.path.basename(path), step=ck['step'], train_s=ck.get('train_s'),
-                         task=ck['args']['task'], sampler=sampler, steps=steps, **res))
+                         task=ck['args']['task'], sampler=sampler, steps=steps,
+                         temperature=a.temperature if a.temperature is not None else ck['args'].get('temperature', 1.0),
+                         **res))
         write_csv(rows, out + '.csv')  # after every point: a stopped sweep keeps its rows
         if _num(res['psnr']) and res['psnr'] > best.get(label, {}).get('psnr', -math.inf):
             best[label] = {k: rows[-1][k] for k in ('psnr', 'ssim', 'ckpt', 'step', 'sampler', 'steps')}

@@ -92,6 +92,33 @@ def test_samplers_reach_the_data_variance_with_a_closed_form_denoiser(sampler):
     assert x_bad.var().item() > 2 * s2
 
 
+@pytest.mark.parametrize('tau', [1.0, 0.5, 0.0])
+def test_ddpm_temperature_matches_the_closed_form_variance(tau):
+    """With x0 ~ N(0, s2) and the exact denoiser every DDPM step is linear, x <- c_i x + tau sqrt(v_i) z, so the
+    output variance follows Var <- c_i^2 Var + tau^2 v_i from Var = 1 (written out here in float64)."""
+    s2, steps = 0.25, 50
+    d = GaussianDiffusion(None, beta_schedule('linear', 2000, 1e-6, 1e-2))
+    ab = d.respaced(steps)
+    var = 1.0
+    for i in range(steps, 0, -1):
+        a_t, a_s = ab[i].item(), ab[i - 1].item()
+        k = math.sqrt(a_t) * s2 / (a_t * s2 + 1 - a_t)  # E[x0 | x_t] = k x_t
+        beta = 1 - a_t / a_s
+        c = (math.sqrt(a_s) * beta * k + math.sqrt(1 - beta) * (1 - a_s)) / (1 - a_t)
+        var = c * c * var + (tau ** 2 * beta * (1 - a_s) / (1 - a_t) if i > 1 else 0.0)
+    x = d.sample(torch.zeros(8192, 1, 4, 4), steps, shape=(8192, 1, 4, 4), generator=torch.Generator().manual_seed(2),
+                 clip=False, eps_fn=gaussian_eps_fn(s2), temperature=tau)
+    assert x.var().item() == pytest.approx(var, rel=0.03), (tau, var)
+    if tau < 1:
+        assert var < 0.9 * s2  # a lower temperature really gives less variance than the data's
+
+
+def test_temperature_must_be_non_negative():
+    d = GaussianDiffusion(None, beta_schedule('linear', 100, 1e-4, 2e-2))
+    with pytest.raises(ValueError, match='temperature'):
+        d.sample(torch.zeros(1, 1, 4, 4), 2, shape=(1, 1, 4, 4), eps_fn=gaussian_eps_fn(1.0), temperature=-1)
+
+
 def tiny_model(in_ch=6):
     return unet.build_unet('tiny', in_ch, 3, 16, channels=16, dropout=0.1)
 
