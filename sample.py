@@ -43,6 +43,8 @@ def get_args(argv=None):
     p.add_argument('--truncation-t', type=float, default=None, help="default: the stage-2 model's --prob-length")
     p.add_argument('--s-block', type=float, default=0.15)
     p.add_argument('--s-noise', type=float, default=0.2)
+    p.add_argument('--heun-noise', default='reuse', choices=['reuse', 'fresh'],
+                   help="relay stage 2: the corrector's noise, the predictor's again (ours) or a new draw (official)")
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--batch-size', type=int, default=16)
     p.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'])
@@ -90,7 +92,7 @@ def relay_kwargs(a, cfg2):
     truncation_sigma = a.truncation_sigma if a.truncation_sigma is not None else \
         relay.default_truncation_sigma(cfg2['prob_length'])
     return dict(truncation_sigma=truncation_sigma, s_block=a.s_block, s_noise=a.s_noise,
-                truncation_t=truncation_t, blur_sigma_max=cfg2['blur_sigma_max'])
+                truncation_t=truncation_t, blur_sigma_max=cfg2['blur_sigma_max'], heun_noise=a.heun_noise)
 
 
 def sample_sr(a, device, dtype):

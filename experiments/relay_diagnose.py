@@ -31,7 +31,7 @@ from block_noise import blur_sigma, block_noise, dct_blur, t_to_sigma  # noqa: E
 from checkpoint import load_model  # noqa: E402
 from tasks import heldout, parse_task  # noqa: E402
 
-COLUMNS = ('label seed step sampler steps nfe truncation_sigma s_noise s_block n psnr ssim flat_noise input_psnr '
+COLUMNS = ('label seed step sampler steps nfe truncation_sigma s_noise s_block heun_noise n psnr ssim flat_noise input_psnr '
            'input_ssim input_flat_noise bicubic_psnr bicubic_ssim bicubic_flat_noise ckpt').split()
 
 
@@ -69,6 +69,7 @@ def main():
                     help="default: relay.default_truncation_sigma of the model's --prob-length (0.9 for RDM's)")
     ap.add_argument('--s-noise', type=float, nargs='+', default=[0.2])
     ap.add_argument('--s-block', type=float, nargs='+', default=[0.15])
+    ap.add_argument('--heun-noise', nargs='+', default=['reuse'], choices=['reuse', 'fresh'])
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--label', default='')
     ap.add_argument('--csv', default=None)
@@ -95,13 +96,15 @@ def main():
     rows, pics = [], [x_up[:8]]
     step = torch.load(a.ckpt, map_location='cpu', weights_only=True)['step']
     truncs = a.truncation_sigma or [relay.default_truncation_sigma(cfg['prob_length'])]
-    for steps, trunc, s_noise, s_block in itertools.product(a.steps, truncs, a.s_noise, a.s_block):
+    for steps, trunc, s_noise, s_block, heun in itertools.product(a.steps, truncs, a.s_noise, a.s_block,
+                                                                   a.heun_noise):
         calls[0] = 0
         out = relay.relay_sampler(counted, x_up, steps, truncation_sigma=trunc, truncation_t=cfg['prob_length'],
                                   block=t['block'], s_block=s_block, s_noise=s_noise,
-                                  blur_sigma_max=cfg['blur_sigma_max'], generator=torch.Generator().manual_seed(a.seed))
+                                  blur_sigma_max=cfg['blur_sigma_max'], heun_noise=heun,
+                                  generator=torch.Generator().manual_seed(a.seed))
         row = dict(label=a.label, seed=cfg['seed'], step=step, sampler='relay', steps=steps, nfe=calls[0],
-                   truncation_sigma=trunc, s_noise=s_noise, s_block=s_block, n=len(hr), **scores(out, hr), **base,
+                   truncation_sigma=trunc, s_noise=s_noise, s_block=s_block, heun_noise=heun, n=len(hr), **scores(out, hr), **base,
                    ckpt=a.ckpt)
         rows.append(row)
         pics.append(out[:8].float())
