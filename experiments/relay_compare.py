@@ -67,6 +67,7 @@ for name, ck, s_block in relays:
     calls[0], t0 = 0, time.time()
     out = relay.relay_sampler(counted(relay.EDMPrecond(m)), x_up, steps=a.relay_steps, block=t['block'],
                               s_block=s_block, blur_sigma_max=cfg['blur_sigma_max'], truncation_t=cfg['prob_length'],
+                              truncation_sigma=relay.default_truncation_sigma(cfg['prob_length']),
                               generator=torch.Generator().manual_seed(a.seed)).float()
     nfe = calls[0]  # one batched call per network evaluation
     score(name, out, nfe, time.time() - t0)
