@@ -54,9 +54,17 @@ def counted(D):
     return f
 
 rows, pics = [], {'LR (box, nearest up)': x_up}
+bicubic_box = F.interpolate(F.avg_pool2d(hr, t['block']), size=hr.shape[-2:], mode='bicubic',
+                            align_corners=False).clamp(-1, 1)
+base = {f'{k}_psnr': metrics.psnr(x, hr).mean().item() for k, x in (('input', x_up), ('bicubic', bicubic_box))}
+# the SR3 model's own baseline: bicubic-up of the bicubic (PIL) LR it is conditioned on
+sr_bicubic = dict(sr3_input_bicubic_psnr=metrics.psnr(batch['sr'], hr).mean().item())
+
+
 def score(name, out, nfe, secs):
     res = metrics.mean_metrics(metrics.compute_metrics(out, hr))
-    rows.append(dict(method=name, nfe=nfe, n=len(hr), psnr=res['psnr'], ssim=res['ssim'], wall_s=round(secs, 1)))
+    rows.append(dict(method=name, seed=c_relay['seed'], sample_seed=a.seed, nfe=nfe, n=len(hr), psnr=res['psnr'],
+                     ssim=res['ssim'], flat_noise=res['flat_noise'], **base, **sr_bicubic, wall_s=round(secs, 1)))
     print(json.dumps(rows[-1]), flush=True)
 
 relays = [('relay', a.relay, 0.15), ('relay, no block noise', a.relay, 0.0)]

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Relay stage 2 at CPU scale (16 -> 64 faces, tiny, 1500 iterations): the runs behind the README's "Relay Diffusion"
+# tables, in order. Run from the repository root after
+# `python data.py prepare ../shared/data/faces data/faces_16_64 --lr 16 --hr 64 --val 100` (the held-out faces) and
+# experiments/dream_retest.sh (its standard-loss SR3 runs runs/d_std_s0..2 are the restart-from-noise comparator:
+# same tiny network, same 1500 iterations of batch 8).
+set -euo pipefail
+R="--task relay16_64 --data ../shared/data/faces --holdout 100 --model tiny --batch-size 8 --lr 5e-4 --max-iters 1500
+   --eval-every 500 --eval-n 32 --eval-steps 40 --overwrite"
+python train.py $R --seed 0 --out runs/r2_lr5e4                       # RDM's blur process (prob_length 0.93)
+for s in 0 1 2; do
+  python train.py $R --seed $s --prob-length 0.5 --out runs/r2_pl05_s$s  # blur process ending at sigma 0.30
+done
+python experiments/collect_eval.py --runs runs/r2_lr5e4 runs/r2_pl05_s0 runs/r2_pl05_s1 runs/r2_pl05_s2 \
+  --labels "prob_length 0.93 (RDM default)" "prob_length 0.5" "prob_length 0.5" "prob_length 0.5" \
+  --out results/relay_stage2.csv
+
+# sampler ablations and per-noise-level errors, first 32 held-out faces, 40-step grid
+D="--data data/faces_16_64 --n 32 --csv results/relay_diagnose.csv --json results/relay_diagnose.json"
+python experiments/relay_diagnose.py --ckpt runs/r2_lr5e4/ckpt.pt $D --label "prob_length 0.93 (RDM default), start at sigma 0.9"
+for s in 0 1 2; do
+  python experiments/relay_diagnose.py --ckpt runs/r2_pl05_s$s/ckpt.pt $D --label "prob_length 0.5, start at sigma 0.30" \
+    --s-block 0.15 0 --heun-noise reuse fresh
+  python experiments/relay_diagnose.py --ckpt runs/r2_pl05_s$s/ckpt.pt $D --label "prob_length 0.5, start lower" \
+    --truncation-sigma 0.2 0.1
+  # relay vs SR3 restarting from noise at equal network evaluations
+  python experiments/relay_compare.py --relay runs/r2_pl05_s$s/ckpt.pt --sr runs/d_std_s$s/ckpt.pt \
+    --data data/faces_16_64 --n 32 --relay-steps 40 --out results/relay_vs_sr3_s$s
+done
+{ cat results/relay_vs_sr3_s0.csv; tail -q -n +2 results/relay_vs_sr3_s1.csv results/relay_vs_sr3_s2.csv; } \
+  > results/relay_vs_sr3_seeds.csv
+python experiments/summarize.py results/relay_vs_sr3_seeds.csv --by method --metrics psnr ssim flat_noise input_psnr
+python experiments/summarize.py results/relay_diagnose.csv --by label s_block heun_noise truncation_sigma \
+  --metrics psnr ssim flat_noise input_psnr bicubic_psnr
