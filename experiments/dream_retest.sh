@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Does DREAM hold up where the model works? The runs behind the README's "Does DREAM hold up?" tables, in order.
 # Quick-start recipe (tiny, sr16_64, residual + v + projection, Adam 5e-4, batch 8, 1500 iterations), standard vs
-# DREAM p=1 with seeds 0 1 2 (the p sweep, --dream-p 0 / 0.5 / 2, is still to run); held-out PSNR/SSIM every 250
+# DREAM p=1 with seeds 0 1 2, and the p sweep (--dream-p 0 / 0.5 / 2, seed 0); held-out PSNR/SSIM every 250
 # iterations on the first 32 held-out faces, then a sampling-steps sweep of the final checkpoints and the cost of an
 # iteration timed alone.
 # Run from the repository root after `python data.py prepare ../shared/data/faces data/faces_16_64 --lr 16 --hr 64
@@ -14,6 +14,13 @@ for s in 0 1 2; do
   python train.py $C --seed $s --out runs/d_std_s$s
   python train.py $C --seed $s --dream --out runs/d_dream_s$s
 done
+
+# the p sweep, seed 0 (seeds 1 and 2 not run yet)
+for p in 0 0.5 2; do
+  python train.py $C --seed 0 --dream --dream-p $p --out runs/d_p${p/./}_s0
+done
+python experiments/collect_eval.py --all --out results/dream_p_sweep.csv --runs runs/d_std_s0 runs/d_p0_s0 \
+  runs/d_p05_s0 runs/d_dream_s0 runs/d_p2_s0 --labels standard "DREAM p=0" "DREAM p=0.5" "DREAM p=1" "DREAM p=2"
 
 # metric vs training iteration (every evaluation of every run)
 python experiments/collect_eval.py --all --out results/dream_curves.csv \
