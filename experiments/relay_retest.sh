@@ -14,6 +14,9 @@ done
 python experiments/collect_eval.py --runs runs/r2_lr5e4 runs/r2_pl05_s0 runs/r2_pl05_s1 runs/r2_pl05_s2 \
   --labels "prob_length 0.93 (RDM default)" "prob_length 0.5" "prob_length 0.5" "prob_length 0.5" \
   --out results/relay_stage2.csv
+python experiments/collect_eval.py --all --runs runs/r2_lr5e4 runs/r2_pl05_s0 runs/r2_pl05_s1 runs/r2_pl05_s2 \
+  --labels "prob_length 0.93 (RDM default)" "prob_length 0.5" "prob_length 0.5" "prob_length 0.5" \
+  --out results/relay_stage2_curves.csv
 
 # sampler ablations and per-noise-level errors, first 32 held-out faces, 40-step grid
 D="--data data/faces_16_64 --n 32 --csv results/relay_diagnose.csv --json results/relay_diagnose.json"
@@ -32,3 +35,9 @@ done
 python experiments/summarize.py results/relay_vs_sr3_seeds.csv --by method --metrics psnr ssim flat_noise input_psnr
 python experiments/summarize.py results/relay_diagnose.csv --by label s_block heun_noise truncation_sigma \
   --metrics psnr ssim flat_noise input_psnr bicubic_psnr
+
+# the cost of a stage-2 iteration, alone on the machine (200 iterations, the default threads)
+python train.py --task relay16_64 --data ../shared/data/faces --holdout 100 --model tiny --batch-size 8 --lr 5e-4 \
+  --max-iters 200 --eval-every 200 --eval-n 2 --eval-steps 10 --prob-length 0.5 --overwrite --out runs/t_relay
+python experiments/collect_eval.py --runs runs/t_relay --labels "relay16_64 stage 2, tiny, batch 8, 200 iterations alone" \
+  --out results/relay_cost.csv
