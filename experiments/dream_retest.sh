@@ -15,12 +15,16 @@ for s in 0 1 2; do
   python train.py $C --seed $s --dream --out runs/d_dream_s$s
 done
 
-# the p sweep, seed 0 (seeds 1 and 2 not run yet)
+# the p sweep: seed 0 for p = 0 / 0.5 / 2, seed 1 for p = 0 / 2 (the rest not run yet)
 for p in 0 0.5 2; do
   python train.py $C --seed 0 --dream --dream-p $p --out runs/d_p${p/./}_s0
 done
+for p in 0 2; do
+  python train.py $C --seed 1 --dream --dream-p $p --out runs/d_p${p}_s1
+done
 python experiments/collect_eval.py --all --out results/dream_p_sweep.csv --runs runs/d_std_s0 runs/d_p0_s0 \
-  runs/d_p05_s0 runs/d_dream_s0 runs/d_p2_s0 --labels standard "DREAM p=0" "DREAM p=0.5" "DREAM p=1" "DREAM p=2"
+  runs/d_p05_s0 runs/d_dream_s0 runs/d_p2_s0 runs/d_std_s1 runs/d_p0_s1 runs/d_dream_s1 runs/d_p2_s1 \
+  --labels standard "DREAM p=0" "DREAM p=0.5" "DREAM p=1" "DREAM p=2" standard "DREAM p=0" "DREAM p=1" "DREAM p=2"
 
 # metric vs training iteration (every evaluation of every run)
 python experiments/collect_eval.py --all --out results/dream_curves.csv \
