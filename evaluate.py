@@ -135,7 +135,7 @@ def print_report(res, as_json=False):
     for k in [k for k in ("psnr", "ssim", "psnr_y", "ssim_y", "lpips") if k in res]:
         print(f"{k:<14}{res[k]:>12.4f}")
     if "flat_noise" in res:
-        print(f"{'flat_noise':<14}{res['flat_noise']:>12.4f}   (speckle where the ground truth is smooth; 1 = as much as it has)")
+        print(f"{'flat_noise':<14}{res['flat_noise']:>12.4f}   (speckle where gt is smooth; 1 = as much as gt has)")
     c = res.get("consistency")
     if c is not None:
         print(f"{'consistency':<14}{c:>12.3e}   (x1e5, as DREAM prints it: {c * 1e5:.3f})")

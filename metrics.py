@@ -12,7 +12,7 @@ Recipes (so our numbers compare with theirs):
 * flat_noise (ours, the "residual noise" of the SR issue) = sqrt of the high-pass energy of pred over gt's, in gt's
   flattest 30% of pixels: high-pass = z - Gaussian blur (sigma 1 px), flatness = gt's local (5x5) high-pass energy.
   1 = as much pixel-scale fluctuation where the real image is smooth as the real image has there; > 1 noise or
-  hallucinated texture left in pred (the speckle of an undertrained diffusion model); < 1 smoother (bicubic ~0.66);
+  hallucinated texture left in pred (the speckle of an undertrained diffusion model); < 1 smoother (bicubic ~0.7);
 * LPIPS (AlexNet, `lpips` package, only when its weights are already on disk) on [-1,1] inputs, the
   package's convention; the DREAM code feeds [0,1], so its LPIPS numbers are not comparable.
 * KID / FID (RDM's generation metrics): torchmetrics' KernelInceptionDistance / FrechetInceptionDistance. With the
@@ -24,6 +24,7 @@ Recipes (so our numbers compare with theirs):
 import os
 
 import torch
+import torch.nn.functional as F
 
 import data
 
@@ -99,10 +100,8 @@ def _high_pass(z, sigma=1.0, radius=3):
     k = k / k.sum()
     z = z.double()
     c = z.shape[1]
-    b = torch.nn.functional.conv2d(torch.nn.functional.pad(z, (radius, radius, 0, 0), mode='reflect'),
-                                   k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-    b = torch.nn.functional.conv2d(torch.nn.functional.pad(b, (0, 0, radius, radius), mode='reflect'),
-                                   k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+    b = F.conv2d(F.pad(z, (radius, radius, 0, 0), mode='reflect'), k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    b = F.conv2d(F.pad(b, (0, 0, radius, radius), mode='reflect'), k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
     return z - b
 
 
@@ -112,7 +111,7 @@ def flat_noise(pred, gt, quantile=0.3):
     lowest 5x5 mean of gt's high-pass energy (module docstring)."""
     pred, gt = _batch(pred), _batch(gt)
     e_gt = _high_pass(gt).pow(2).mean(1, keepdim=True)
-    local = torch.nn.functional.avg_pool2d(e_gt, 5, 1, 2, count_include_pad=False)
+    local = F.avg_pool2d(e_gt, 5, 1, 2, count_include_pad=False)
     thr = local.flatten(1).quantile(quantile, dim=1).view(-1, 1, 1, 1)
     mask = (local <= thr).double()
     e_pred = _high_pass(pred).pow(2).mean(1, keepdim=True)

@@ -123,6 +123,14 @@ def nearest_up(x, block):
     return F.interpolate(x, scale_factor=block, mode='nearest')
 
 
+def relay_inputs(hr, block):
+    """Relay stage 2 on held-out HR images: (its input, the tile means nearest-upsampled; the bicubic baseline,
+    bicubic upsampling of the same tile means). The tile means are the HR image box-downsampled by `block`."""
+    lr_box = F.avg_pool2d(hr, block)
+    bicubic = F.interpolate(lr_box, size=hr.shape[-2:], mode='bicubic', align_corners=False).clamp(-1, 1)
+    return nearest_up(lr_box, block), bicubic
+
+
 @torch.inference_mode()
 def sample_and_score(model, cfg, batch, steps, sampler='ddpm', generator=None, device='cpu', dtype=torch.float32):
     """Run a checkpoint's sampler on held-out `batch` -> (metrics of the means, grid images, grid columns).
@@ -154,17 +162,14 @@ def sample_and_score(model, cfg, batch, steps, sampler='ddpm', generator=None, d
         return {}, out.cpu(), None
     else:
         hr = batch['image'].to(device)
-        x_up = nearest_up(F.avg_pool2d(hr, info['block']), info['block'])
+        x_up, bicubic = relay_inputs(hr, info['block'])
         with autocast(device, dtype):
             out = relay.relay_sampler(relay.EDMPrecond(model), x_up, steps=steps, block=info['block'],
                                       blur_sigma_max=cfg['blur_sigma_max'], truncation_t=cfg['prob_length'],
                                       truncation_sigma=relay.default_truncation_sigma(cfg['prob_length']),
                                       generator=relay_generator).float()
         res = metrics.mean_metrics(metrics.compute_metrics(out.cpu(), hr.cpu()))
-        # the baselines on the same box-downsampled input (DESIGN.md "Results files"): the relay's own input and
-        # bicubic upsampling of the tile means
-        lr_box = F.avg_pool2d(hr, info['block'])
-        bicubic = F.interpolate(lr_box, size=hr.shape[-2:], mode='bicubic', align_corners=False).clamp(-1, 1)
+        # the baselines on the same tile means (DESIGN.md "Results files"): the relay's own input and bicubic
         for name, base in (('input', x_up), ('bicubic', bicubic)):
             b = metrics.mean_metrics(metrics.compute_metrics(base.cpu(), hr.cpu()))
             res.update({f'{name}_{k}': v for k, v in b.items() if k != 'n'})

@@ -5,7 +5,8 @@
 
 Columns follow ../shared/DESIGN.md "Results files": label, seed, step, train_s, sampler, steps, n, psnr, ssim,
 consistency, flat_noise, bicubic_psnr, bicubic_ssim, bicubic_consistency, bicubic_flat_noise, input_psnr /
-input_ssim (relay stage 2: its own input, the nearest-upsampled tile means), plus the run's SR options and DREAM p (empty: standard).
+input_ssim (relay stage 2: its own input, the nearest-upsampled tile means), plus the run's SR options and DREAM p
+(empty: standard).
 --all: every evaluation of each run (a curve: one row per evaluated step), not only the last.
 """
 import argparse
@@ -15,8 +16,10 @@ import os
 
 import torch
 
-COLUMNS = ('label seed step train_s sampler steps temperature n psnr ssim consistency flat_noise bicubic_psnr bicubic_ssim '
-           'bicubic_consistency bicubic_flat_noise input_psnr input_ssim pred residual noise_cond project norm_groups dream_p lr lr_schedule warmup run').split()
+SCORES = ('psnr ssim consistency flat_noise bicubic_psnr bicubic_ssim bicubic_consistency bicubic_flat_noise '
+          'input_psnr input_ssim').split()  # as train.py's evaluation logs them; '' where a task has none
+COLUMNS = ['label', 'seed', 'step', 'train_s', 'sampler', 'steps', 'temperature', 'n', *SCORES,
+           *'pred residual noise_cond project norm_groups dream_p lr lr_schedule warmup run'.split()]
 
 
 def sampler_of(task):
@@ -39,8 +42,7 @@ def eval_rows(run, label, every=False):
     out = []
     for ev in evals if every else evals[-1:]:
         train_s = max((r['train_s'] for r in rows if 'train_s' in r and r['step'] <= ev['step']), default=None)
-        scores = {k: ev.get(k, '') for k in ('psnr', 'ssim', 'consistency', 'flat_noise', 'bicubic_psnr', 'bicubic_ssim',
-                                            'bicubic_consistency', 'bicubic_flat_noise', 'input_psnr', 'input_ssim')}
+        scores = {k: ev.get(k, '') for k in SCORES}
         out.append(dict(label=label, seed=args['seed'], step=ev['step'], train_s=train_s,
                         sampler=sampler_of(args['task']), steps=ev.get('eval_steps', ''),
                         temperature=args.get('temperature', 1.0) if args['task'].startswith('sr') else '',

@@ -18,14 +18,13 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
 import metrics  # noqa: E402
 import relay  # noqa: E402
 from checkpoint import load_model  # noqa: E402
-from tasks import heldout, parse_task, sample_and_score  # noqa: E402
+from tasks import heldout, parse_task, relay_inputs, sample_and_score  # noqa: E402
 
 p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
 p.add_argument('--relay', required=True)
@@ -44,7 +43,7 @@ t = parse_task(c_relay['task'])
 val = data.SRPairs(data.split_root(a.data)[1] or a.data, t['lr'], t['hr'])
 batch = heldout(val, a.n)
 hr = batch['hr']
-x_up = F.interpolate(F.avg_pool2d(hr, t['block']), scale_factor=t['block'], mode='nearest')
+x_up, bicubic_box = relay_inputs(hr, t['block'])
 
 calls = [0]
 def counted(D):
@@ -54,8 +53,6 @@ def counted(D):
     return f
 
 rows, pics = [], {'LR (box, nearest up)': x_up}
-bicubic_box = F.interpolate(F.avg_pool2d(hr, t['block']), size=hr.shape[-2:], mode='bicubic',
-                            align_corners=False).clamp(-1, 1)
 base = {f'{k}_psnr': metrics.psnr(x, hr).mean().item() for k, x in (('input', x_up), ('bicubic', bicubic_box))}
 # the SR3 model's own baseline: bicubic-up of the bicubic (PIL) LR it is conditioned on
 sr_bicubic = dict(sr3_input_bicubic_psnr=metrics.psnr(batch['sr'], hr).mean().item())

@@ -29,10 +29,10 @@ import metrics  # noqa: E402
 import relay  # noqa: E402
 from block_noise import blur_sigma, block_noise, dct_blur, t_to_sigma  # noqa: E402
 from checkpoint import load_model  # noqa: E402
-from tasks import heldout, parse_task  # noqa: E402
+from tasks import heldout, parse_task, relay_inputs  # noqa: E402
 
-COLUMNS = ('label seed step sampler steps nfe truncation_sigma s_noise s_block heun_noise n psnr ssim flat_noise input_psnr '
-           'input_ssim input_flat_noise bicubic_psnr bicubic_ssim bicubic_flat_noise ckpt').split()
+COLUMNS = ('label seed step sampler steps nfe truncation_sigma s_noise s_block heun_noise n psnr ssim flat_noise '
+           'input_psnr input_ssim input_flat_noise bicubic_psnr bicubic_ssim bicubic_flat_noise ckpt').split()
 
 
 def scores(x, hr):
@@ -81,9 +81,7 @@ def main():
     if t.get('block') is None:
         raise SystemExit(f"{a.ckpt}: task {cfg['task']} is not a relay stage 2 (relayL_H)")
     hr = heldout(data.SRPairs(data.split_root(a.data)[1] or a.data, t['lr'], t['hr']), a.n)['hr']
-    lr_box = F.avg_pool2d(hr, t['block'])
-    x_up = F.interpolate(lr_box, scale_factor=t['block'], mode='nearest')
-    bicubic = F.interpolate(lr_box, size=hr.shape[-2:], mode='bicubic', align_corners=False).clamp(-1, 1)
+    x_up, bicubic = relay_inputs(hr, t['block'])
     base = {**{f'input_{k}': v for k, v in scores(x_up, hr).items()},
             **{f'bicubic_{k}': v for k, v in scores(bicubic, hr).items()}}
     D = relay.EDMPrecond(net)
@@ -104,8 +102,8 @@ def main():
                                   blur_sigma_max=cfg['blur_sigma_max'], heun_noise=heun,
                                   generator=torch.Generator().manual_seed(a.seed))
         row = dict(label=a.label, seed=cfg['seed'], step=step, sampler='relay', steps=steps, nfe=calls[0],
-                   truncation_sigma=trunc, s_noise=s_noise, s_block=s_block, heun_noise=heun, n=len(hr), **scores(out, hr), **base,
-                   ckpt=a.ckpt)
+                   truncation_sigma=trunc, s_noise=s_noise, s_block=s_block, heun_noise=heun, n=len(hr),
+                   **scores(out, hr), **base, ckpt=a.ckpt)
         rows.append(row)
         pics.append(out[:8].float())
         print(json.dumps(row), flush=True)

@@ -85,7 +85,8 @@ def score(x, hr, lr, sr, scale):
     return dict(psnr=metrics.psnr(x, hr).mean().item(), ssim=metrics.ssim(x, hr).mean().item(),
                 consistency=metrics.consistency(x, lr).mean().item(), colour_shift=colour_shift(x, hr),
                 hf_ratio=high_freq_energy(x, hr, scale) / high_freq_energy(sr, hr, scale),
-                hf_power=high_freq_energy(x, torch.zeros_like(x), scale) / high_freq_energy(hr, torch.zeros_like(hr), scale),
+                hf_power=high_freq_energy(x, torch.zeros_like(x), scale)
+                / high_freq_energy(hr, torch.zeros_like(hr), scale),
                 flat_noise=metrics.flat_noise(x, hr).mean().item())
 
 
@@ -128,7 +129,8 @@ def main():
         with open(a.json, 'a') as f:
             f.write(json.dumps(out) + '\n')
     if a.csv:
-        header = ['label', 'seed', 'step', 'weights', 'sampler', 'steps', 'temperature', 'n', *METRICS, *(f'bicubic_{k}' for k in METRICS)]
+        header = ['label', 'seed', 'step', 'weights', 'sampler', 'steps', 'temperature', 'n', *METRICS,
+                  *(f'bicubic_{k}' for k in METRICS)]
         new = not os.path.exists(a.csv)
         if not new and next(csv.reader(open(a.csv)), None) != header:
             raise SystemExit(f'{a.csv}: has other columns than this script writes; give a new --csv')
@@ -138,7 +140,9 @@ def main():
                 w.writerow(header)
             for which in (('ema', 'model') if a.raw else ('ema',)):
                 w.writerow([a.label, args.get('seed', 0), step, which, a.sampler, a.steps, temperature, len(hr),
-                            *(round(out[which][k], 5) for k in METRICS), *(round(out['bicubic'][k], 5) for k in METRICS)])
+                            *(round(out[which][k], 5) for k in METRICS),
+                            *(round(out['bicubic'][k], 5) for k in METRICS)])
+
 
 if __name__ == '__main__':
     main()

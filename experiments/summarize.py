@@ -16,7 +16,8 @@ def fmt(values, digits):
     m = statistics.fmean(values)
     if len(values) == 1:
         return f'{m:.{digits}f}'
-    return f'{m:.{digits}f} ± {statistics.stdev(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})'
+    sd, lo, hi = statistics.stdev(values), min(values), max(values)
+    return f'{m:.{digits}f} ± {sd:.{digits}f} ({lo:.{digits}f}-{hi:.{digits}f})'
 
 
 def summarize(rows, by, metrics):

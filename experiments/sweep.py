@@ -27,8 +27,8 @@ from checkpoint import load_checkpoint  # noqa: E402
 from runtime import UsageError, allow_tf32, pick_device, pick_dtype  # noqa: E402
 from tasks import heldout, model_from_args, parse_task, sample_and_score  # noqa: E402
 
-COLUMNS = ('run label seed sample_seed ckpt step train_s task sampler steps temperature n psnr ssim consistency flat_noise '
-           'bicubic_psnr bicubic_ssim bicubic_consistency bicubic_flat_noise input_psnr input_ssim wall_s').split()
+COLUMNS = ('run label seed sample_seed ckpt step train_s task sampler steps temperature n psnr ssim consistency '
+           'flat_noise bicubic_psnr bicubic_ssim bicubic_consistency bicubic_flat_noise input_psnr input_ssim wall_s').split()
 
 
 def get_args(argv=None):
@@ -122,10 +122,10 @@ def score_point(ck, batch, steps, sampler, a, device, dtype):
     generator = torch.Generator().manual_seed(a.seed)
     n = len(next(iter(batch.values())))
     totals = {}
+    cfg = ck['args'] if a.temperature is None else dict(ck['args'], temperature=a.temperature)
     t0 = time.perf_counter()
     for i in range(0, n, a.batch_size):
         chunk = {k: v[i:i + a.batch_size] for k, v in batch.items()}
-        cfg = ck['args'] if a.temperature is None else dict(ck['args'], temperature=a.temperature)
         res = sample_and_score(model, cfg, chunk, steps, sampler, generator, device, dtype)[0]
         for k, v in res.items():
             totals[k] = totals.get(k, 0.0) + v * res['n']
