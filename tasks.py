@@ -24,7 +24,7 @@ from unet import PRESETS, build_unet
 # pred / residual / noise_cond / project: SR options beyond SR3 (diffusion.py; README "What made it work"); the
 # defaults are SR3's. A checkpoint written before they existed reads them with these defaults.
 LOSS_DEFAULTS = dict(schedule='linear', timesteps=2000, beta_start=1e-6, beta_end=1e-2, loss='l1',
-                     dream=False, dream_p=1.0, blur_sigma_max=3.0, prob_length=0.93,
+                     dream=False, dream_p=1.0, blur_sigma_max=3.0, prob_length=0.93, block_noise=0.15,
                      pred='eps', residual=False, noise_cond='gamma', project=False)
 # Before the presets named their GroupNorm groups every network used gcd(32, channels) groups: checkpoints
 # without 'norm_groups' in their flags are rebuilt that way (tiny / small: one channel per group).
@@ -109,7 +109,8 @@ def compute_loss(net, batch, cfg):
     if info['kind'] == 'relay1':
         return relay.edm_loss(D, batch['image'], dream_p=dream_p, D_nograd=D_nograd)
     return relay.blur_loss(D, batch['image'], block=info['block'], blur_sigma_max=cfg['blur_sigma_max'],
-                           prob_length=cfg['prob_length'], dream_p=dream_p, D_nograd=D_nograd)
+                           prob_length=cfg['prob_length'], block_scale=cfg.get('block_noise', LOSS_DEFAULTS['block_noise']),
+                           dream_p=dream_p, D_nograd=D_nograd)
 
 
 # ----------------------------------------------------------------------------- sampling held-out images
@@ -164,7 +165,9 @@ def sample_and_score(model, cfg, batch, steps, sampler='ddpm', generator=None, d
         hr = batch['image'].to(device)
         x_up, bicubic = relay_inputs(hr, info['block'])
         with autocast(device, dtype):
+            # block noise at sampling as much as in training (RDM: 0.15 both)
             out = relay.relay_sampler(relay.EDMPrecond(model), x_up, steps=steps, block=info['block'],
+                                      s_block=cfg.get('block_noise', LOSS_DEFAULTS['block_noise']),
                                       blur_sigma_max=cfg['blur_sigma_max'], truncation_t=cfg['prob_length'],
                                       truncation_sigma=relay.default_truncation_sigma(cfg['prob_length']),
                                       generator=relay_generator).float()

@@ -37,7 +37,7 @@ from trainset import check_data_flags, datasets, make_loader, to_device
 from unet import PRESETS
 
 POSITIVE = 'max_iters batch_size grad_accum timesteps log_every eval_n eval_steps ckpt_every eval_every lr'.split()
-NON_NEGATIVE = ['snapshot_every', 'holdout', 'warmup', 'temperature']
+NON_NEGATIVE = ['snapshot_every', 'holdout', 'warmup', 'temperature', 'block_noise']
 
 
 # ----------------------------------------------------------------------------- flags
@@ -93,6 +93,8 @@ def get_args(argv=None):
                    help='relay stage 2 (CelebA-HQ model: 2.0)')
     p.add_argument('--prob-length', type=float, default=LOSS['prob_length'],
                    help='relay stage 2 (CelebA-HQ model: 0.89)')
+    p.add_argument('--block-noise', type=float, default=LOSS['block_noise'],
+                   help="relay stage 2: scale of RDM's block noise in training (0 = plain Gaussian noise)")
     # logging, evaluation, checkpoints
     p.add_argument('--log-every', type=int, default=10)
     p.add_argument('--eval-every', type=int, default=1000)

@@ -11,6 +11,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 import block_noise as bn  # noqa: E402
 import dream  # noqa: E402
 import relay  # noqa: E402
+import tasks  # noqa: E402
 from unet import build_unet  # noqa: E402
 
 
@@ -178,6 +179,22 @@ def test_blur_loss_by_hand_and_dream_wiring():
     relay.blur_loss(rec_d, y, generator=gen(9), dream_p=1.0, D_nograd=lambda z, sg: torch.zeros_like(z))
     lam = (s ** 2 / (1 + s ** 2)) ** 0.5
     torch.testing.assert_close(rec_d.x, x - lam * bn.dct_blur(y, 4, s_blur))
+
+
+def test_block_noise_flag_reaches_the_blur_loss(monkeypatch):
+    """train.py --block-noise S -> blur_loss(block_scale=S); S = 0 leaves plain white noise (the ablation)."""
+    y = torch.randn(4096, 1, 8, 8, dtype=torch.float64, generator=gen(8))
+    rec = Recorder()
+    relay.blur_loss(rec, y, block_scale=0.0, generator=gen(9))
+    s = rec.sigma.view(-1, 1, 1, 1)
+    r = (rec.x - bn.dct_blur(y, 4, bn.blur_sigma(bn.sigma_to_t(rec.sigma, prob_length=0.93), 3.0))) / s
+    assert abs(r.var().item() - 1) < 0.01 and abs((r * torch.roll(r, 1, -1)).mean().item()) < 0.006
+    seen = {}
+    monkeypatch.setattr(relay, 'blur_loss', lambda D, img, **kw: seen.update(kw) or torch.zeros(()))
+    batch = {'image': torch.zeros(1, 3, 8, 8)}
+    for flags, want in (({}, 0.15), ({'block_noise': 0.0}, 0.0)):
+        tasks.compute_loss(torch.nn.Identity(), batch, tasks.loss_config('relay2_8', **flags))
+        assert seen['block_scale'] == want
 
 
 @pytest.mark.parametrize('dream_p', [None, 1.0])
