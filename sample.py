@@ -41,8 +41,10 @@ def get_args(argv=None):
     p.add_argument('--truncation-sigma', type=float, default=None,
                    help="where stage 2 starts (default 0.9, RDM's, or lower if the model's blur process ends lower)")
     p.add_argument('--truncation-t', type=float, default=None, help="default: the stage-2 model's --prob-length")
-    p.add_argument('--s-block', type=float, default=0.15)
-    p.add_argument('--s-noise', type=float, default=0.2)
+    p.add_argument('--s-block', type=float, default=None,
+                   help="relay stage 2: block noise at sampling (default: the stage-2 run's --block-noise, RDM 0.15)")
+    p.add_argument('--s-noise', type=float, default=None,
+                   help="relay stage 2: share of fresh noise per step (default: the stage-2 run's --s-noise, RDM 0.2)")
     p.add_argument('--heun-noise', default='reuse', choices=['reuse', 'fresh'],
                    help="relay stage 2: the corrector's noise, the predictor's again (ours) or a new draw (official)")
     p.add_argument('--seed', type=int, default=0)
@@ -91,7 +93,11 @@ def relay_kwargs(a, cfg2):
     truncation_t = a.truncation_t if a.truncation_t is not None else cfg2['prob_length']
     truncation_sigma = a.truncation_sigma if a.truncation_sigma is not None else \
         relay.default_truncation_sigma(cfg2['prob_length'])
-    return dict(truncation_sigma=truncation_sigma, s_block=a.s_block, s_noise=a.s_noise,
+    s_block = a.s_block if a.s_block is not None else cfg2.get('block_noise', 0.15)
+    s_noise = a.s_noise if a.s_noise is not None else cfg2.get('s_noise', 0.2)
+    if not 0 <= s_noise <= 1 or not s_block >= 0:
+        raise UsageError(f'--s-noise must be in [0, 1] and --s-block non-negative, got {s_noise} and {s_block}')
+    return dict(truncation_sigma=truncation_sigma, s_block=s_block, s_noise=s_noise,
                 truncation_t=truncation_t, blur_sigma_max=cfg2['blur_sigma_max'], heun_noise=a.heun_noise)
 
 
@@ -104,6 +110,10 @@ def sample_sr(a, device, dtype):
         if not a.temperature >= 0:
             raise UsageError(f'--temperature must be >= 0, got {a.temperature}')
         cfg = dict(cfg, temperature=a.temperature)
+    if cfg.get('temperature', 1.0) < 1 and a.sampler == 'ddpm' and a.steps < 50:
+        # measured (README "What made it work"): temperature 0.6 with 5-20 DDPM steps leaves more noise, not less
+        print(f"warning: temperature {cfg['temperature']} with {a.steps} DDPM steps is off the measured range "
+              f"(>= 50 steps); use more steps or --temperature 1", file=sys.stderr)
     names, lr = read_inputs(a.input, parse_task(cfg['task'])['lr'])
     generator = make_generator(a.seed, device)  # on the sampling device, like the relay path
     outs, conds = [], []

@@ -168,6 +168,7 @@ def sample_and_score(model, cfg, batch, steps, sampler='ddpm', generator=None, d
             # block noise at sampling as much as in training (RDM: 0.15 both)
             out = relay.relay_sampler(relay.EDMPrecond(model), x_up, steps=steps, block=info['block'],
                                       s_block=cfg.get('block_noise', LOSS_DEFAULTS['block_noise']),
+                                      s_noise=cfg.get('s_noise', 0.2),
                                       blur_sigma_max=cfg['blur_sigma_max'], truncation_t=cfg['prob_length'],
                                       truncation_sigma=relay.default_truncation_sigma(cfg['prob_length']),
                                       generator=relay_generator).float()

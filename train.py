@@ -93,6 +93,9 @@ def get_args(argv=None):
                    help='relay stage 2 (CelebA-HQ model: 2.0)')
     p.add_argument('--prob-length', type=float, default=LOSS['prob_length'],
                    help='relay stage 2 (CelebA-HQ model: 0.89)')
+    p.add_argument('--s-noise', type=float, default=0.2,
+                   help="relay stage 2 sampling (evaluation and sample.py's default): the share of each step's noise "
+                        "drawn afresh (RDM 0.2; 1 = re-noise the clean estimate fully)")
     p.add_argument('--block-noise', type=float, default=LOSS['block_noise'],
                    help="relay stage 2: scale of RDM's block noise in training (0 = plain Gaussian noise)")
     # logging, evaluation, checkpoints
@@ -120,6 +123,8 @@ def check_args(a):
             raise UsageError(f'{flag} must be positive, got {value}')
         if name in NON_NEGATIVE and not value >= 0:
             raise UsageError(f'{flag} must be non-negative, got {value}')
+    if not 0 <= a.s_noise <= 1:
+        raise UsageError(f'--s-noise must be in [0, 1], got {a.s_noise}')
     if a.norm_groups is not None and not a.norm_groups > 0:
         raise UsageError(f'--norm-groups must be positive, got {a.norm_groups}')
     if a.eval_steps > a.timesteps:

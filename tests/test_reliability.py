@@ -121,6 +121,23 @@ def test_default_truncation_sigma_stays_inside_the_blur_process():
         assert s < 0.9 and 0.99 < float(sigma_to_t(s, prob_length=p)) <= 1.0, (p, s)
 
 
+def test_relay_sampling_options_default_to_the_stage2_run():
+    """sample.py --relay takes s_noise / s_block from the stage-2 run's flags unless given; old runs get RDM's."""
+    import argparse
+    import sample
+    a = argparse.Namespace(truncation_t=None, truncation_sigma=None, s_block=None, s_noise=None, heun_noise='reuse')
+    cfg = dict(prob_length=0.5, blur_sigma_max=3.0, s_noise=1.0, block_noise=0.0)
+    kw = sample.relay_kwargs(a, cfg)
+    assert (kw['s_noise'], kw['s_block']) == (1.0, 0.0)
+    old = dict(prob_length=0.93, blur_sigma_max=3.0)  # a checkpoint from before the flags
+    kw = sample.relay_kwargs(a, old)
+    assert (kw['s_noise'], kw['s_block'], kw['truncation_sigma']) == (0.2, 0.15, 0.9)
+    kw = sample.relay_kwargs(argparse.Namespace(**dict(vars(a), s_noise=0.5)), cfg)
+    assert kw['s_noise'] == 0.5
+    with pytest.raises(runtime.UsageError, match='--s-noise must be in'):
+        sample.relay_kwargs(argparse.Namespace(**dict(vars(a), s_noise=2.0)), cfg)
+
+
 def copy_run(src, tmp_path, name='run'):
     return shutil.copytree(src, str(tmp_path / name))
 
@@ -427,6 +444,7 @@ def test_bad_data_is_one_line_and_the_run_is_kept(case, workers, needle, pairs, 
     (['--holdout', '-2'], '--holdout must be non-negative'),
     (['--temperature', '-0.5'], '--temperature must be non-negative'),
     (['--block-noise', '-0.1'], '--block-noise must be non-negative'),
+    (['--s-noise', '1.5'], '--s-noise must be in [0, 1], got 1.5'),
     (['--eval-steps', '500', '--timesteps', '100'], '--eval-steps 500 exceeds --timesteps 100'),
     (['--max-iters', 'ten'], "invalid int value: 'ten'"),
     (['--no-such-flag'], 'unrecognized arguments: --no-such-flag'),
