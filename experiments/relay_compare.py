@@ -33,6 +33,7 @@ p.add_argument('--sr', required=True)
 p.add_argument('--data', required=True)
 p.add_argument('--n', type=int, default=50)
 p.add_argument('--relay-steps', type=int, default=40)
+p.add_argument('--s-noise', type=float, default=None, help="relay sampler's share of fresh noise (default: each run's)")
 p.add_argument('--seed', type=int, default=0)
 p.add_argument('--out', default='results/relay_compare')
 a = p.parse_args()
@@ -58,10 +59,11 @@ base = {f'{k}_psnr': metrics.psnr(x, hr).mean().item() for k, x in (('input', x_
 sr_bicubic = dict(sr3_input_bicubic_psnr=metrics.psnr(batch['sr'], hr).mean().item())
 
 
-def score(name, out, nfe, secs):
+def score(name, out, nfe, secs, s_noise=''):
     res = metrics.mean_metrics(metrics.compute_metrics(out, hr))
-    rows.append(dict(method=name, seed=c_relay['seed'], sample_seed=a.seed, nfe=nfe, n=len(hr), psnr=res['psnr'],
-                     ssim=res['ssim'], flat_noise=res['flat_noise'], **base, **sr_bicubic, wall_s=round(secs, 1)))
+    rows.append(dict(method=name, seed=c_relay['seed'], sample_seed=a.seed, nfe=nfe, s_noise=s_noise, n=len(hr),
+                     psnr=res['psnr'], ssim=res['ssim'], flat_noise=res['flat_noise'], **base, **sr_bicubic,
+                     wall_s=round(secs, 1)))
     print(json.dumps(rows[-1]), flush=True)
 
 relays = [('relay', a.relay, 0.15), ('relay, no block noise', a.relay, 0.0)]
@@ -70,12 +72,13 @@ if a.relay_dream:
 for name, ck, s_block in relays:
     m, cfg = load_model(ck)
     calls[0], t0 = 0, time.time()
+    s_noise = a.s_noise if a.s_noise is not None else cfg.get('s_noise', 0.2)
     out = relay.relay_sampler(counted(relay.EDMPrecond(m)), x_up, steps=a.relay_steps, block=t['block'],
-                              s_block=s_block, blur_sigma_max=cfg['blur_sigma_max'], truncation_t=cfg['prob_length'],
+                              s_block=s_block, s_noise=s_noise, blur_sigma_max=cfg['blur_sigma_max'], truncation_t=cfg['prob_length'],
                               truncation_sigma=relay.default_truncation_sigma(cfg['prob_length']),
                               generator=torch.Generator().manual_seed(a.seed)).float()
     nfe = calls[0]  # one batched call per network evaluation
-    score(name, out, nfe, time.time() - t0)
+    score(name, out, nfe, time.time() - t0, s_noise)
     pics.setdefault(name, out)
 
 m_sr, c_sr = load_model(a.sr)
