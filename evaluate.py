@@ -73,7 +73,8 @@ def generation_metrics(pred_dir, gt_dir, use_kid=True, use_fid=True, kid_subset=
 def evaluate_dirs(pred_dir, gt_dir, lr_dir=None, y_channel=False, use_lpips=True, batch_values=2**21,
                   allow_unmatched=False):
     """Means over the images of pred_dir and gt_dir whose names (stems) match; sizes must agree.
-    allow_unmatched: no names in common gives {n: 0, pixel_skipped: why} instead of an error (KID/FID runs)."""
+    allow_unmatched (KID/FID runs): no names in common, or images of other sizes, give {n: 0, pixel_skipped: why}
+    instead of an error."""
     preds, gts, lrs = _by_stem(pred_dir), _by_stem(gt_dir), (_by_stem(lr_dir) if lr_dir else None)
     names = sorted(set(preds) & set(gts))
     if not names and allow_unmatched:
@@ -92,6 +93,9 @@ def evaluate_dirs(pred_dir, gt_dir, lr_dir=None, y_channel=False, use_lpips=True
 
     for name in names:
         p, g = data.load_image(preds[name]), data.load_image(gts[name])
+        if p.shape != g.shape and allow_unmatched:  # samples of a generator vs real images of another size
+            return {"n": 0, "pixel_skipped": f"sizes differ ({preds[name]}: {tuple(p.shape[1:])}, "
+                                             f"{gts[name]}: {tuple(g.shape[1:])}): no paired metrics"}
         if p.shape != g.shape:
             raise data.DataError(f"{preds[name]}: size {tuple(p.shape[1:])} differs from {gts[name]}: {tuple(g.shape[1:])}")
         if lrs is not None and name not in lrs:

@@ -139,3 +139,21 @@ def test_generation_metrics_own_features_unmatched_names_and_sizes(tmp_path):
     assert set(seen) == {(8, 8)} and res["n_fake"] == res["n_real"] == 6 and res["kid_subset"] == 6
     assert res["kid"] > 0 and res["fid"] > 0.1  # mean colour differs by ~0.75 per channel
     assert ev.evaluate_dirs(str(pred), str(gt), allow_unmatched=True)["n"] == 0
+
+
+def test_kid_run_on_samples_named_like_real_images_of_another_size(tmp_path, monkeypatch, capsys):
+    """sample.py --relay writes 00000.png...; the real faces are 00000.png... at another size: a --kid run says the
+    paired metrics are skipped (one line) instead of failing on the first pair; without --kid it is an error."""
+    g = torch.Generator().manual_seed(9)
+    pred, gt = tmp_path / "gen", tmp_path / "real"
+    pred.mkdir(), gt.mkdir()
+    for i in range(3):
+        data.save_image(torch.rand(3, 8, 8, generator=g) * 2 - 1, str(pred / f"{i:05d}.png"))
+        data.save_image(torch.rand(3, 16, 16, generator=g) * 2 - 1, str(gt / f"{i:05d}.png"))
+    monkeypatch.setitem(sys.modules, "torch_fidelity", None)
+    assert ev.main(["--pred", str(pred), "--gt", str(gt), "--kid", "--json", "--no-lpips"]) == 0
+    out, err = capsys.readouterr()
+    res = json.loads(out)
+    assert res["n"] == 0 and "sizes differ" in res["pixel_skipped"] and "torch-fidelity" in res["generation_skipped"]
+    assert ev.main(["--pred", str(pred), "--gt", str(gt), "--no-lpips"]) == 2
+    assert "differs from" in capsys.readouterr().err
