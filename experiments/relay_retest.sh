@@ -36,6 +36,41 @@ python experiments/summarize.py results/relay_vs_sr3_seeds.csv --by method --met
 python experiments/summarize.py results/relay_diagnose.csv --by label s_block heun_noise truncation_sigma \
   --metrics psnr ssim flat_noise input_psnr bicubic_psnr
 
+# the residual noise: the sampler's share of fresh noise per step (s_noise; RDM 0.2), seed 0 probe, then 3 seeds
+python experiments/relay_diagnose.py --ckpt runs/r2_pl05_s0/ckpt.pt --data data/faces_16_64 --n 32 --steps 40 \
+  --s-noise 0 0.2 0.5 0.7 1 --label "prob_length 0.5, s_noise probe" --csv results/relay_snoise_probe.csv
+python experiments/relay_diagnose.py --ckpt runs/r2_pl05_s0/ckpt.pt --data data/faces_16_64 --n 32 --steps 80 \
+  --s-noise 0.2 --label "prob_length 0.5, s_noise probe" --csv results/relay_snoise_probe.csv
+for s in 0 1 2; do
+  python experiments/relay_diagnose.py --ckpt runs/r2_pl05_s$s/ckpt.pt --data data/faces_16_64 --n 32 --steps 10 20 40 \
+    --s-noise 1.0 --s-block 0.15 0 --label "prob_length 0.5, s_noise 1" --csv results/relay_snoise.csv \
+    --json results/relay_snoise.json --grid results/relay_snoise_s$s.png
+  python experiments/relay_compare.py --relay runs/r2_pl05_s$s/ckpt.pt --sr runs/d_std_s$s/ckpt.pt \
+    --data data/faces_16_64 --n 32 --relay-steps 40 --s-noise 1 --out results/relay_vs_sr3_sn1_s$s
+done
+{ cat results/relay_vs_sr3_sn1_s0.csv; tail -q -n +2 results/relay_vs_sr3_sn1_s1.csv results/relay_vs_sr3_sn1_s2.csv; } \
+  > results/relay_vs_sr3_sn1_seeds.csv
+python experiments/summarize.py results/relay_snoise.csv --by steps nfe s_noise s_block --metrics psnr ssim flat_noise
+python experiments/summarize.py results/relay_vs_sr3_sn1_seeds.csv --by method --metrics psnr ssim flat_noise
+
+# block noise in training off (train.py --block-noise 0; its evaluation samples without block noise too)
+for s in 0 1 2; do
+  python train.py $R --seed $s --prob-length 0.5 --block-noise 0 --out runs/r2_bn0_s$s
+  python experiments/relay_diagnose.py --ckpt runs/r2_bn0_s$s/ckpt.pt --data data/faces_16_64 --n 32 --steps 40 \
+    --s-noise 0.2 1 --s-block 0 0.15 --label "prob_length 0.5, no block noise in training" --csv results/relay_bn0.csv
+  python experiments/relay_diagnose.py --ckpt runs/r2_pl05_s$s/ckpt.pt --data data/faces_16_64 --n 32 --steps 40 \
+    --s-noise 0.2 1 --s-block 0 0.15 --label "prob_length 0.5, block noise in training" --csv results/relay_bn0.csv
+done
+python experiments/summarize.py results/relay_bn0.csv --by label s_noise s_block --metrics psnr ssim flat_noise
+
+# two-stage generation: stage 1 (EDM at 16x16) + stage 2 (seed 0), 16 samples
+python train.py --task relay16 --data ../shared/data/faces --holdout 100 --model tiny --batch-size 32 --lr 2e-4 \
+  --max-iters 3000 --eval-every 1000 --eval-n 64 --eval-steps 40 --overwrite --out runs/relay16
+python sample.py --relay --ckpt-first runs/relay16/ckpt.pt --ckpt-second runs/r2_pl05_s0/ckpt.pt --n 16 \
+  --steps-first 40 --steps-second 40 --s-noise 1 --out runs/relay_gen
+cp runs/relay_gen/grid.png results/relay_two_stage_sn1.png
+cp runs/relay16/samples_0003000.png results/relay16_stage1_8groups.png
+
 # the cost of a stage-2 iteration, alone on the machine (200 iterations, the default threads)
 python train.py --task relay16_64 --data ../shared/data/faces --holdout 100 --model tiny --batch-size 8 --lr 5e-4 \
   --max-iters 200 --eval-every 200 --eval-n 2 --eval-steps 10 --prob-length 0.5 --overwrite --out runs/t_relay
