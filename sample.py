@@ -9,7 +9,6 @@ Relay stage 2 alone, continuing given low-resolution images:
     python sample.py --relay --ckpt-second out/r2/ckpt.pt --input lr_images/ --out faces
 Writes one PNG per image (input file names kept) and grid.png.
 """
-import argparse
 import os
 import sys
 
