@@ -93,10 +93,10 @@ def evaluate_dirs(pred_dir, gt_dir, lr_dir=None, y_channel=False, use_lpips=True
 
     for name in names:
         p, g = data.load_image(preds[name]), data.load_image(gts[name])
-        if p.shape != g.shape and allow_unmatched:  # samples of a generator vs real images of another size
-            return {"n": 0, "pixel_skipped": f"sizes differ ({preds[name]}: {tuple(p.shape[1:])}, "
-                                             f"{gts[name]}: {tuple(g.shape[1:])}): no paired metrics"}
         if p.shape != g.shape:
+            if allow_unmatched:  # samples of a generator vs real images of another size
+                return {"n": 0, "pixel_skipped": f"sizes differ ({preds[name]}: {tuple(p.shape[1:])}, "
+                                                 f"{gts[name]}: {tuple(g.shape[1:])}): no paired metrics"}
             raise data.DataError(f"{preds[name]}: size {tuple(p.shape[1:])} differs from {gts[name]}: {tuple(g.shape[1:])}")
         if lrs is not None and name not in lrs:
             raise data.DataError(f"no low-res image for {preds[name]} in {lr_dir}")

@@ -19,7 +19,7 @@ import data
 import relay
 from checkpoint import load_model
 from runtime import Parser, UsageError, autocast, make_generator, pick_device, pick_dtype
-from tasks import make_diffusion, nearest_up, parse_task
+from tasks import make_diffusion, nearest_up, parse_task, relay_noise
 
 
 def get_args(argv=None):
@@ -92,8 +92,9 @@ def relay_kwargs(a, cfg2):
     truncation_t = a.truncation_t if a.truncation_t is not None else cfg2['prob_length']
     truncation_sigma = a.truncation_sigma if a.truncation_sigma is not None else \
         relay.default_truncation_sigma(cfg2['prob_length'])
-    s_block = a.s_block if a.s_block is not None else cfg2.get('block_noise', 0.15)
-    s_noise = a.s_noise if a.s_noise is not None else cfg2.get('s_noise', 0.2)
+    run_s_noise, run_s_block = relay_noise(cfg2)
+    s_noise = a.s_noise if a.s_noise is not None else run_s_noise
+    s_block = a.s_block if a.s_block is not None else run_s_block
     if not 0 <= s_noise <= 1 or not s_block >= 0:
         raise UsageError(f'--s-noise must be in [0, 1] and --s-block non-negative, got {s_noise} and {s_block}')
     return dict(truncation_sigma=truncation_sigma, s_block=s_block, s_noise=s_noise,

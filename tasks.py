@@ -26,6 +26,9 @@ from unet import PRESETS, build_unet
 LOSS_DEFAULTS = dict(schedule='linear', timesteps=2000, beta_start=1e-6, beta_end=1e-2, loss='l1',
                      dream=False, dream_p=1.0, blur_sigma_max=3.0, prob_length=0.93, block_noise=0.15,
                      pred='eps', residual=False, noise_cond='gamma', project=False)
+# RDM's stage-2 sampler keeps sqrt(1 - s_noise^2) of its noise estimate per step and draws the rest afresh
+# (train.py --s-noise; the README's CPU runs use 1).
+RDM_S_NOISE = 0.2
 # Before the presets named their GroupNorm groups every network used gcd(32, channels) groups: checkpoints
 # without 'norm_groups' in their flags are rebuilt that way (tiny / small: one channel per group).
 LEGACY_NORM_GROUPS = 32
@@ -61,6 +64,12 @@ def check_resolution(task, model):
     if info['res'] % min_size:
         name = task if isinstance(task, str) else f"resolution {info['res']}"
         raise UsageError(f"task '{name}': resolution {info['res']} must be divisible by {min_size} for --model {model}")
+
+
+def relay_noise(cfg):
+    """A stage-2 run's sampling noise (s_noise, s_block): its --s-noise and --block-noise (block noise at sampling
+    as much as in training, RDM 0.15 both); runs from before those flags get RDM's values."""
+    return cfg.get('s_noise', RDM_S_NOISE), cfg.get('block_noise', LOSS_DEFAULTS['block_noise'])
 
 
 def loss_config(task, **flags):
@@ -109,8 +118,8 @@ def compute_loss(net, batch, cfg):
     if info['kind'] == 'relay1':
         return relay.edm_loss(D, batch['image'], dream_p=dream_p, D_nograd=D_nograd)
     return relay.blur_loss(D, batch['image'], block=info['block'], blur_sigma_max=cfg['blur_sigma_max'],
-                           prob_length=cfg['prob_length'], block_scale=cfg.get('block_noise', LOSS_DEFAULTS['block_noise']),
-                           dream_p=dream_p, D_nograd=D_nograd)
+                           prob_length=cfg['prob_length'], block_scale=relay_noise(cfg)[1], dream_p=dream_p,
+                           D_nograd=D_nograd)
 
 
 # ----------------------------------------------------------------------------- sampling held-out images
@@ -164,11 +173,10 @@ def sample_and_score(model, cfg, batch, steps, sampler='ddpm', generator=None, d
     else:
         hr = batch['image'].to(device)
         x_up, bicubic = relay_inputs(hr, info['block'])
+        s_noise, s_block = relay_noise(cfg)
         with autocast(device, dtype):
-            # block noise at sampling as much as in training (RDM: 0.15 both)
             out = relay.relay_sampler(relay.EDMPrecond(model), x_up, steps=steps, block=info['block'],
-                                      s_block=cfg.get('block_noise', LOSS_DEFAULTS['block_noise']),
-                                      s_noise=cfg.get('s_noise', 0.2),
+                                      s_block=s_block, s_noise=s_noise,
                                       blur_sigma_max=cfg['blur_sigma_max'], truncation_t=cfg['prob_length'],
                                       truncation_sigma=relay.default_truncation_sigma(cfg['prob_length']),
                                       generator=relay_generator).float()

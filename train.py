@@ -31,7 +31,7 @@ from checkpoint import (gather_rng_states, load_checkpoint, load_weights, rank_r
 from plots import plot_loss
 from runtime import (Parser, UsageError, allow_tf32, describe, memory_format, pick_device, pick_dtype, seed_everything,
                      setup_ddp, teardown_ddp, autocast)
-from tasks import (LOSS_DEFAULTS as LOSS, build_model, check_resolution, compute_loss, heldout, parse_task,
+from tasks import (LOSS_DEFAULTS as LOSS, RDM_S_NOISE, build_model, check_resolution, compute_loss, heldout, parse_task,
                    LEGACY_NORM_GROUPS, preset_norm_groups, sample_and_score)
 from trainset import check_data_flags, datasets, make_loader, to_device
 from unet import PRESETS
@@ -93,7 +93,7 @@ def get_args(argv=None):
                    help='relay stage 2 (CelebA-HQ model: 2.0)')
     p.add_argument('--prob-length', type=float, default=LOSS['prob_length'],
                    help='relay stage 2 (CelebA-HQ model: 0.89)')
-    p.add_argument('--s-noise', type=float, default=0.2,
+    p.add_argument('--s-noise', type=float, default=RDM_S_NOISE,
                    help="relay stage 2 sampling (evaluation and sample.py's default): the share of each step's noise "
                         "drawn afresh (RDM 0.2; 1 = re-noise the clean estimate fully)")
     p.add_argument('--block-noise', type=float, default=LOSS['block_noise'],

@@ -25,13 +25,9 @@ done
 for s in 0 1; do python train.py $C --seed $s --dream --dream-p 2 --out runs/d_p2_s$s; done
 runs=(); labels=()
 for s in 0 1 2; do
-  for r in d_std d_p0 d_p05 d_dream d_p2; do
-    [ -d runs/${r}_s$s ] && runs+=(runs/${r}_s$s)
+  for r in "d_std:standard" "d_p0:DREAM p=0" "d_p05:DREAM p=0.5" "d_dream:DREAM p=1" "d_p2:DREAM p=2"; do
+    if [ -d runs/${r%%:*}_s$s ]; then runs+=(runs/${r%%:*}_s$s); labels+=("${r#*:}"); fi
   done
-done
-for r in "${runs[@]}"; do
-  case $r in */d_std_*) labels+=(standard);; */d_p0_*) labels+=("DREAM p=0");; */d_p05_*) labels+=("DREAM p=0.5");;
-    */d_dream_*) labels+=("DREAM p=1");; */d_p2_*) labels+=("DREAM p=2");; esac
 done
 python experiments/collect_eval.py --all --out results/dream_p_sweep.csv --runs "${runs[@]}" --labels "${labels[@]}"
 

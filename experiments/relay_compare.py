@@ -24,7 +24,7 @@ import data  # noqa: E402
 import metrics  # noqa: E402
 import relay  # noqa: E402
 from checkpoint import load_model  # noqa: E402
-from tasks import heldout, parse_task, relay_inputs, sample_and_score  # noqa: E402
+from tasks import heldout, parse_task, relay_inputs, relay_noise, sample_and_score  # noqa: E402
 
 p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
 p.add_argument('--relay', required=True)
@@ -72,9 +72,10 @@ if a.relay_dream:
 for name, ck, s_block in relays:
     m, cfg = load_model(ck)
     calls[0], t0 = 0, time.time()
-    s_noise = a.s_noise if a.s_noise is not None else cfg.get('s_noise', 0.2)
+    s_noise = a.s_noise if a.s_noise is not None else relay_noise(cfg)[0]
     out = relay.relay_sampler(counted(relay.EDMPrecond(m)), x_up, steps=a.relay_steps, block=t['block'],
-                              s_block=s_block, s_noise=s_noise, blur_sigma_max=cfg['blur_sigma_max'], truncation_t=cfg['prob_length'],
+                              s_block=s_block, s_noise=s_noise, blur_sigma_max=cfg['blur_sigma_max'],
+                              truncation_t=cfg['prob_length'],
                               truncation_sigma=relay.default_truncation_sigma(cfg['prob_length']),
                               generator=torch.Generator().manual_seed(a.seed)).float()
     nfe = calls[0]  # one batched call per network evaluation
