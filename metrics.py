@@ -13,6 +13,10 @@ Recipes (so our numbers compare with theirs):
   flattest 30% of pixels: high-pass = z - Gaussian blur (sigma 1 px), flatness = gt's local (5x5) high-pass energy.
   1 = as much pixel-scale fluctuation where the real image is smooth as the real image has there; > 1 noise or
   hallucinated texture left in pred (the speckle of an undertrained diffusion model); < 1 smoother (bicubic ~0.7);
+* grid_texture (ours, the "4x4 texture" of the SR issue) = mean squared neighbour difference across the borders of
+  the s x s cells that the LR pixels cover, over the same within cells (s = hr / lr). 1 = no texture tied to the LR
+  grid (real faces 0.99); nearest upsampling is infinite; bicubic 4x upsampling 1.54 (its slope peaks mid-way
+  between LR samples); an SR output above HR's value shows the LR grid;
 * LPIPS (AlexNet, `lpips` package, only when its weights are already on disk) on [-1,1] inputs, the
   package's convention; the DREAM code feeds [0,1], so its LPIPS numbers are not comparable.
 * KID / FID (RDM's generation metrics): torchmetrics' KernelInceptionDistance / FrechetInceptionDistance. With the
@@ -118,6 +122,19 @@ def flat_noise(pred, gt, quantile=0.3):
     num = (e_pred * mask).flatten(1).sum(1)
     den = (e_gt * mask).flatten(1).sum(1).clamp(min=1e-12)
     return (num / den).sqrt().float()
+
+
+def grid_texture(pred, scale):
+    """Per-image (B,): mean squared difference of horizontal and vertical neighbours straddling a border of the
+    scale x scale cells (pixels scale*k - 1 | scale*k) over that of neighbours inside a cell (module docstring)."""
+    pred = _batch(pred).double()
+    on, off = [], []
+    for dim in (-1, -2):
+        d = pred.diff(dim=dim).pow(2)
+        border = torch.arange(d.shape[dim], device=d.device) % scale == scale - 1
+        on.append(d.index_select(dim, border.nonzero().flatten()).flatten(1).mean(1))
+        off.append(d.index_select(dim, (~border).nonzero().flatten()).flatten(1).mean(1))
+    return ((on[0] + on[1]) / (off[0] + off[1]).clamp(min=1e-24)).float()
 
 
 def lpips_fn(net="alex"):
@@ -230,13 +247,14 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
 
 
 def compute_metrics(pred, gt, lr=None, lpips=None, y_channel=False):
-    """Per-image lists: psnr, ssim, flat_noise (+ psnr_y, ssim_y), consistency if lr given, lpips if a callable is
-    given."""
+    """Per-image lists: psnr, ssim, flat_noise (+ psnr_y, ssim_y), consistency and grid_texture if lr given, lpips
+    if a callable is given."""
     out = {"psnr": psnr(pred, gt).tolist(), "ssim": ssim(pred, gt).tolist(), "flat_noise": flat_noise(pred, gt).tolist()}
     if y_channel:
         out.update(psnr_y=psnr(pred, gt, True).tolist(), ssim_y=ssim(pred, gt, True).tolist())
     if lr is not None:
         out["consistency"] = consistency(pred, lr).tolist()
+        out["grid_texture"] = grid_texture(pred, _batch(pred).shape[-1] // _batch(lr).shape[-1]).tolist()
     if lpips is not None:
         out["lpips"] = lpips(pred, gt).tolist()
     return out

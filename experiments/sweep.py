@@ -28,7 +28,8 @@ from runtime import UsageError, allow_tf32, pick_device, pick_dtype  # noqa: E40
 from tasks import heldout, model_from_args, parse_task, sample_and_score  # noqa: E402
 
 COLUMNS = ('run label seed sample_seed ckpt step train_s task sampler steps temperature n psnr ssim consistency '
-           'flat_noise bicubic_psnr bicubic_ssim bicubic_consistency bicubic_flat_noise input_psnr input_ssim wall_s').split()
+           'flat_noise grid_texture bicubic_psnr bicubic_ssim bicubic_consistency bicubic_flat_noise bicubic_grid_texture '
+           'input_psnr input_ssim wall_s').split()
 
 
 def get_args(argv=None):

@@ -149,6 +149,27 @@ def test_flat_noise_against_white_noise_closed_form():
     assert metrics.flat_noise(gt[0], gt[0]).shape == (1,)  # a single (3, H, W) image
 
 
+# ------------------------------------------------------------------ grid_texture (the LR-cell texture)
+
+def test_grid_texture_against_closed_form():
+    g = torch.Generator().manual_seed(3)
+    white = torch.randn(4, 3, 64, 64, generator=g, dtype=torch.float64)
+    # white noise has no grid: every neighbour difference has variance 2 s^2 -> ratio 1
+    assert (metrics.grid_texture(white, 4) - 1).abs().max() < 0.05
+    # nearest-upsampled cells of std b plus white noise of std s: across a border the difference has variance
+    # 2 b^2 + 2 s^2, inside a cell 2 s^2 -> 1 + b^2 / s^2 = 5 for b = 2 s
+    cells = torch.randn(4, 3, 16, 16, generator=g, dtype=torch.float64).repeat_interleave(4, -1).repeat_interleave(4, -2)
+    blocky = 2 * cells + white
+    assert torch.allclose(metrics.grid_texture(blocky, 4), torch.full((4,), 5.0), rtol=0.1), metrics.grid_texture(blocky, 4)
+    # the same cells shifted off the grid by 2 pixels are not aligned with it: the ratio falls below 1 there
+    assert metrics.grid_texture(blocky.roll(2, -1).roll(2, -2), 4).max() < 1
+    assert metrics.grid_texture(white[0], 4).shape == (1,)
+    # compute_metrics reports it with the scale taken from the LR size
+    lr = white[:, :, :16, :16]
+    per_image = metrics.compute_metrics(blocky.clamp(-1, 1).float(), blocky.clamp(-1, 1).float(), lr.float())
+    assert len(per_image["grid_texture"]) == 4 and min(per_image["grid_texture"]) > 1.5
+
+
 # ------------------------------------------------------------------ consistency
 
 def test_consistency():

@@ -18,8 +18,8 @@ from test_train import smooth_faces  # noqa: E402
 TINY = ['--model', 'tiny', '--batch-size', '2', '--max-iters', '4', '--snapshot-every', '2', '--timesteps', '100',
         '--beta-end', '0.1', '--eval-steps', '2', '--eval-n', '2', '--log-every', '2']
 COLUMNS = ['run', 'label', 'seed', 'sample_seed', 'ckpt', 'step', 'train_s', 'task', 'sampler', 'steps', 'temperature',
-           'n', 'psnr', 'ssim', 'consistency', 'flat_noise', 'bicubic_psnr', 'bicubic_ssim', 'bicubic_consistency',
-           'bicubic_flat_noise', 'input_psnr', 'input_ssim', 'wall_s']
+           'n', 'psnr', 'ssim', 'consistency', 'flat_noise', 'grid_texture', 'bicubic_psnr', 'bicubic_ssim',
+           'bicubic_consistency', 'bicubic_flat_noise', 'bicubic_grid_texture', 'input_psnr', 'input_ssim', 'wall_s']
 
 
 @pytest.fixture(scope='module')
