@@ -134,7 +134,9 @@ def grid_texture(pred, scale):
         border = torch.arange(d.shape[dim], device=d.device) % scale == scale - 1
         on.append(d.index_select(dim, border.nonzero().flatten()).flatten(1).mean(1))
         off.append(d.index_select(dim, (~border).nonzero().flatten()).flatten(1).mean(1))
-    return ((on[0] + on[1]) / (off[0] + off[1]).clamp(min=1e-24)).float()
+    on, off = on[0] + on[1], off[0] + off[1]
+    ratio = torch.where(off > 0, on / off.clamp(min=1e-300), torch.where(on > 0, torch.inf, 1.0))
+    return ratio.float()  # flat inside every cell (nearest upsampling): inf; a constant image: 1
 
 
 def lpips_fn(net="alex"):

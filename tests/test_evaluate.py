@@ -164,6 +164,8 @@ def test_grid_texture_against_closed_form():
     # the same cells shifted off the grid by 2 pixels are not aligned with it: the ratio falls below 1 there
     assert metrics.grid_texture(blocky.roll(2, -1).roll(2, -2), 4).max() < 1
     assert metrics.grid_texture(white[0], 4).shape == (1,)
+    assert metrics.grid_texture(cells, 4).isinf().all()  # nearest upsampling: flat inside every cell
+    assert metrics.grid_texture(torch.zeros(1, 3, 8, 8), 4).item() == 1  # a constant image has no texture at all
     # compute_metrics reports it with the scale taken from the LR size
     lr = white[:, :, :16, :16]
     per_image = metrics.compute_metrics(blocky.clamp(-1, 1).float(), blocky.clamp(-1, 1).float(), lr.float())

@@ -587,14 +587,14 @@ def weights_digest(model):
     return hashlib.sha256(b''.join(p.detach().cpu().numpy().tobytes() for p in model.parameters())).hexdigest()
 
 
-def torchrun(dump, args, tmp_path):
+def torchrun(dump, args, tmp_path, extra_env=None):
     """`torchrun --standalone --nproc_per_node 2 tests/ddp_run.py DUMP ARGS` -> (result, per-rank weight digests)."""
     os.makedirs(dump)
     cwd = str(tmp_path / 'cwd')
     os.makedirs(cwd, exist_ok=True)
     r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
                         os.path.join(ROOT, 'tests', 'ddp_run.py'), dump, *args],
-                       cwd=cwd, env=ENV, capture_output=True, text=True, timeout=400)
+                       cwd=cwd, env=dict(ENV, **(extra_env or {})), capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stderr[-4000:]
     assert os.listdir(cwd) == []  # nothing written outside --out
     return r, [open(os.path.join(dump, f'rank{k}.txt')).read() for k in (0, 1)]
@@ -633,30 +633,43 @@ def spawn_ranks(argv, logs, world=2, timeout=120, nan_from=None, extra_env=None)
     return codes
 
 
-def test_ddp_rank0_writes_ranks_stay_identical_and_resume_works(pairs, tmp_path):
-    """4 steps under torchrun (2 ranks, gloo), then resumed to 8 (2 rank processes)."""
-    out = str(tmp_path / 'run')
-    args = SR + ['--data', pairs, '--out', out, '--ckpt-every', '2']
-    r, d1 = torchrun(str(tmp_path / 'd1'), args + ['--max-iters', '4'], tmp_path)
+def test_ddp_rank0_writes_ranks_draw_their_own_noise_and_resume_exactly(pairs, tmp_path):
+    """2 DDP ranks (gloo): 6 steps straight; 3 steps under torchrun, then resumed to 6 (2 rank processes). Rank 0 alone
+    speaks and writes; the ranks hold identical weights but draw different noise at every step (each rank's own RNG
+    stream, saved per rank in the checkpoint); the resumed run draws, logs and ends exactly as the straight one."""
+    args = SR + ['--data', pairs, '--ckpt-every', '3', '--log-every', '1']
+    record = {'DDP_RUN_RNG': '1'}  # tests/ddp_run.py: each rank's RNG-state digest at every loss
+    out, logs = str(tmp_path / 'run'), {k: str(tmp_path / k) for k in ('straight', 'first', 'resumed')}
+    os.makedirs(logs['straight'])
+    os.makedirs(logs['resumed'])
+    assert spawn_ranks(args + ['--out', str(tmp_path / 'straight_run'), '--max-iters', '6'], logs['straight'],
+                       extra_env=record) == [0, 0]
+    r, d1 = torchrun(logs['first'], args + ['--out', out, '--max-iters', '3'], tmp_path, extra_env=record)
     assert 'DDP world size 2' in r.stdout and r.stdout.count('model tiny') == 1  # rank 0 speaks, rank 1 does not
-    assert sorted(os.listdir(out)) == ['ckpt.pt', 'log.jsonl', 'loss.png', 'samples_0000004.png']
+    assert sorted(os.listdir(out)) == ['ckpt.pt', 'log.jsonl', 'loss.png', 'samples_0000003.png']
     assert d1[0] == d1[1]
-    logs = str(tmp_path / 'd2')
-    os.makedirs(logs)
-    assert spawn_ranks(args + ['--max-iters', '8', '--resume'], logs) == [0, 0]
-    said = [open(os.path.join(logs, f'rank{k}.log')).read() for k in (0, 1)]
+    assert spawn_ranks(args + ['--out', out, '--max-iters', '6', '--resume'], logs['resumed'], extra_env=record) == [0, 0]
+    said = [open(os.path.join(logs['resumed'], f'rank{k}.log')).read() for k in (0, 1)]
     assert 'resumed' in said[0] and 'resumed' not in said[1]
-    d2 = [open(os.path.join(logs, f'rank{k}.txt')).read() for k in (0, 1)]
+    d2 = [open(os.path.join(logs['resumed'], f'rank{k}.txt')).read() for k in (0, 1)]
     assert d2[0] == d2[1] != d1[0]
+    rng = {k: [open(os.path.join(v, f'rank{r}_rng.txt')).read().split() for r in (0, 1)] for k, v in logs.items()}
+    rank0, rank1 = rng['straight']
+    assert len(rank0) == len(rank1) == 6 and all(a != b for a, b in zip(rank0, rank1))  # different noise per rank
+    for k in (0, 1):  # each rank resumes its own stream: steps 4..6 draw what the uninterrupted run drew
+        assert rng['first'][k] + rng['resumed'][k] == rng['straight'][k]
     lines = open(os.path.join(out, 'log.jsonl')).read().splitlines()
-    rows = [json.loads(l) for l in lines]
-    assert len(set(lines)) == len(lines) and [s for s, _ in losses(rows)] == list(range(1, 9))
-    assert [r['step'] for r in rows if r.get('eval')] == [4, 8]
+    rows = [json.loads(line) for line in lines]
+    straight = losses([json.loads(line) for line in open(tmp_path / 'straight_run' / 'log.jsonl')])
+    assert len(set(lines)) == len(lines) and [s for s, _ in straight] == list(range(1, 7)) and losses(rows) == straight
+    assert [r['step'] for r in rows if r.get('eval')] == [3, 6]
     ck = checkpoint.load_checkpoint(os.path.join(out, 'ckpt.pt'), task='sr4_16')
     model = tasks.build_model('sr4_16', 'tiny')
     model.load_state_dict(ck['model'])
-    assert ck['step'] == 8 and weights_digest(model) == d2[0]  # the checkpoint holds what the ranks trained
-    assert sorted(os.listdir(out)) == ['ckpt.pt', 'log.jsonl', 'loss.png', 'samples_0000004.png', 'samples_0000008.png']
+    assert ck['step'] == 6 and weights_digest(model) == d2[0]  # the checkpoint holds what the ranks trained
+    assert len(ck['rng_ranks']) == 2 and not torch.equal(ck['rng_ranks'][0]['torch'], ck['rng_ranks'][1]['torch'])
+    assert torch.equal(ck['rng']['torch'], ck['rng_ranks'][0]['torch'])  # 'rng': rank 0's, as before
+    assert sorted(os.listdir(out)) == ['ckpt.pt', 'log.jsonl', 'loss.png', 'samples_0000003.png', 'samples_0000006.png']
 
 
 def test_ddp_a_nan_on_one_rank_stops_every_rank(pairs, tmp_path, monkeypatch):
