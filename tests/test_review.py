@@ -1,7 +1,6 @@
 """Issue 13 items 1-3 and 7-10: per-rank DDP seeds and RNG states (the DDP run itself is in test_reliability.py),
 each rank's own CUDA RNG state, generators on the sampling device, --dtype auto from the hardware's flags, no training
 on DREAM's validation faces, README accuracy."""
-import json
 import os
 import sys
 
