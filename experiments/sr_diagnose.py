@@ -13,6 +13,7 @@ Measures, for the EMA and the raw weights (issue "models that super-resolve"):
     left in the sample, < 1 over-smoothing);
   * flat_noise (metrics.flat_noise): pixel-scale fluctuation where HR is smooth, over HR's own (1 = as much as the
     real image; > 1 = speckle the model left or invented there);
+  * grid_texture (metrics.grid_texture): texture tied to the LR pixel grid (1 = none; real faces 0.99, bicubic 1.53);
   * the denoising error per noise-level band: MSE of x0_hat vs x0 on held-out images at fixed gamma, in 8 bands
     of the training grid t (a model that fails at high noise shows it here first), and the flat_noise of that
     one-shot estimate (a denoiser that leaves noise in smooth regions at some noise level shows it here).
@@ -34,7 +35,7 @@ from checkpoint import load_checkpoint  # noqa: E402
 from tasks import make_diffusion, model_from_args  # noqa: E402
 
 
-METRICS = ('psnr', 'ssim', 'consistency', 'colour_shift', 'hf_ratio', 'hf_power', 'flat_noise')
+METRICS = ('psnr', 'ssim', 'consistency', 'colour_shift', 'hf_ratio', 'hf_power', 'flat_noise', 'grid_texture')
 
 
 def load(path):
@@ -87,7 +88,8 @@ def score(x, hr, lr, sr, scale):
                 hf_ratio=high_freq_energy(x, hr, scale) / high_freq_energy(sr, hr, scale),
                 hf_power=high_freq_energy(x, torch.zeros_like(x), scale)
                 / high_freq_energy(hr, torch.zeros_like(hr), scale),
-                flat_noise=metrics.flat_noise(x, hr).mean().item())
+                flat_noise=metrics.flat_noise(x, hr).mean().item(),
+                grid_texture=metrics.grid_texture(x, scale).mean().item())
 
 
 def main():
