@@ -130,7 +130,7 @@ def faces_8_32(tmp_path_factory):
     return str(root / 'pairs')
 
 
-def test_a_tiny_model_learns_to_super_resolve_held_out_faces(faces_8_32, tmp_path, one_thread):
+def test_a_tiny_model_learns_to_super_resolve_held_out_faces(faces_8_32, tmp_path):
     """The quick-start recipe (tiny, --residual --pred v --project), 400 iterations on 200 faces at 8 -> 32, scored on
     32 held-out faces: PSNR within 1.5 dB and SSIM within 0.03 of bicubic's, consistency at most 3x bicubic's.
     Measured (1 thread): trained 18.9 dB / 0.600 / 1.8e-5 vs bicubic 19.4 / 0.598 / 9.3e-4; the same run with the old
