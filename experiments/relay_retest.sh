@@ -72,7 +72,21 @@ cp runs/relay_gen/grid.png results/relay_two_stage_sn1.png
 cp runs/relay16/samples_0003000.png results/relay16_stage1_8groups.png
 
 # the cost of a stage-2 iteration, alone on the machine (200 iterations, the default threads)
-python train.py --task relay16_64 --data ../shared/data/faces --holdout 100 --model tiny --batch-size 8 --lr 5e-4 \
-  --max-iters 200 --eval-every 200 --eval-n 2 --eval-steps 10 --prob-length 0.5 --overwrite --out runs/t_relay
-python experiments/collect_eval.py --runs runs/t_relay --labels "relay16_64 stage 2, tiny, batch 8, 200 iterations alone" \
-  --out results/relay_cost.csv
+# (standard then DREAM, back to back, every other job paused)
+for d in "" "--dream"; do
+  python train.py --task relay16_64 --data ../shared/data/faces --holdout 100 --model tiny --batch-size 8 --lr 5e-4 \
+    --max-iters 200 --eval-every 200 --eval-n 2 --eval-steps 10 --prob-length 0.5 --overwrite --out runs/t_relay${d:+_dream} $d
+done
+python experiments/collect_eval.py --runs runs/t_relay runs/t_relay_dream --out results/relay_cost.csv --labels \
+  "relay16_64 stage 2, tiny, batch 8, 200 iterations alone" "relay16_64 stage 2 + DREAM p=1, tiny, batch 8, 200 iterations alone"
+
+# DREAM for relay: 3 seeds with --dream (p = 1), scored with their standard-loss twins (runs/r2_pl05_s*) alike
+for s in 0 1 2; do
+  python train.py $R --seed $s --prob-length 0.5 --s-noise 1 --dream --out runs/r2_dream_s$s
+  for pair in "r2_dream_s$s|prob_length 0.5, DREAM p=1" "r2_pl05_s$s|prob_length 0.5, standard"; do
+    python experiments/relay_diagnose.py --ckpt runs/${pair%%|*}/ckpt.pt --data data/faces_16_64 --n 32 --steps 40 \
+      --s-noise 0.2 1 --s-block 0.15 --label "${pair#*|}" --csv results/relay_dream_seeds.csv
+  done
+done
+python experiments/summarize.py results/relay_dream_seeds.csv --by label s_noise --metrics psnr ssim flat_noise
+python experiments/baselines.py --relay ../shared/data/faces --n 32 --out results/relay_baselines.csv
