@@ -15,14 +15,12 @@ for s in 0 1 2; do
   python train.py $C --seed $s --dream --out runs/d_dream_s$s
 done
 
-# the p sweep: p = 0 / 0.5 with seeds 0 1 2, p = 2 with seeds 0 1 (its seed 2 was stopped for time); p = 1 and the
-# standard loss are the runs above
+# the p sweep: p = 0 / 0.5 / 2 with seeds 0 1 2; p = 1 and the standard loss are the runs above
 for s in 0 1 2; do
-  for p in 0 0.5; do
+  for p in 0 0.5 2; do
     python train.py $C --seed $s --dream --dream-p $p --out runs/d_p${p/./}_s$s
   done
 done
-for s in 0 1; do python train.py $C --seed $s --dream --dream-p 2 --out runs/d_p2_s$s; done
 runs=(); labels=()
 for s in 0 1 2; do
   for r in "d_std:standard" "d_p0:DREAM p=0" "d_p05:DREAM p=0.5" "d_dream:DREAM p=1" "d_p2:DREAM p=2"; do
