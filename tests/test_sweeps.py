@@ -121,3 +121,24 @@ def test_errors_are_one_line(runs, tmp_path, capsys):
         rc, out, err = sweep(base + argv, capsys)
         assert rc == 2 and err.startswith('error: ') and message in err and err.count('\n') == 1, (argv, err)
     assert not os.path.exists(tmp_path / 'x.csv')
+
+
+def test_baselines_script_scores_the_training_free_rows(tmp_path, capsys):
+    """experiments/baselines.py: the SR rows (the projection makes bicubic exactly consistent and no worse) and the
+    relay rows (the box projection restores the tile means), one CSV row each, clear errors."""
+    import baselines
+    smooth_faces(tmp_path / 'src', 6, size=64, seed=3)
+    data.prepare(str(tmp_path / 'src'), str(tmp_path / 'pairs'), lr=16, hr=64, val=3, progress=False)
+    baselines.main(['--data', str(tmp_path / 'pairs' / 'val'), '--out', str(tmp_path / 'sr.csv')])
+    rows = {r['label']: r for r in csv.DictReader(open(tmp_path / 'sr.csv'))}
+    assert list(rows) == ['input (nearest)', 'bilinear', 'bicubic', 'lanczos', 'bicubic + projection (back-projection)']
+    bp, bic = rows['bicubic + projection (back-projection)'], rows['bicubic']
+    assert float(bp['consistency']) < 0.05 * float(bic['consistency']) and float(bp['psnr']) >= float(bic['psnr'])
+    assert all(r['n'] == '3' for r in rows.values()) and rows['input (nearest)']['grid_texture'] == 'inf'
+    baselines.main(['--relay', str(tmp_path / 'src'), '--n', '4', '--out', str(tmp_path / 'relay.csv')])
+    rows = {r['label']: r for r in csv.DictReader(open(tmp_path / 'relay.csv'))}
+    assert len(rows) == 3 and all(r['consistency'] == '' and r['n'] == '4' for r in rows.values())
+    box, near = rows['bicubic + box projection (tile means restored)'], rows['input (nearest up of the tile means)']
+    assert float(box['psnr']) > float(near['psnr'])
+    with pytest.raises(SystemExit, match='give one of --data'):
+        baselines.main(['--out', str(tmp_path / 'x.csv')])
