@@ -73,19 +73,37 @@ def downsample_matrix(n_hr, n_lr, device=None):
     return rows.reshape(n_hr, n_lr).T
 
 
+def _right_inverse(D, smooth):
+    """P with D P = I: the pseudo-inverse (smooth 0) or the smoothness-weighted one (LowResProjection)."""
+    if smooth == 0:
+        return torch.linalg.pinv(D)
+    n = D.shape[1]
+    eye = torch.eye(n, dtype=D.dtype, device=D.device)
+    G = torch.diff(eye, n=2, dim=0)
+    M_inv_Dt = torch.linalg.solve(eye + smooth * G.T @ G, D.T)
+    return M_inv_Dt @ torch.linalg.inv(D @ M_inv_Dt)
+
+
 class LowResProjection:
     """Exact projection of an image onto the images whose bicubic downsample is the low-res input (a consistency
     step in the sampler, our option; the range-null-space idea of DDNM, Wang et al. 2023):
         x <- x + P_h (lr - D_h x D_w^T) P_w^T,   P = D^T (D D^T)^-1 (the pseudo-inverse of each 1-D operator).
-    It replaces the low frequencies of x0_hat by the input's and keeps the model's high frequencies."""
+    It replaces the low frequencies of x0_hat by the input's and keeps the model's high frequencies.
 
-    def __init__(self, lr, hr_size):
+    smooth > 0 (our option, `--project-smooth`): the correction is the smoothest one instead of the smallest, per
+    axis P = M^-1 D^T (D M^-1 D^T)^-1 with M = I + smooth G^T G, G the second difference: the result is just as
+    consistent (D P = I), but the correction no longer carries the LR grid's 4x4 texture (the pseudo-inverse's rows
+    are the bicubic kernel, whose slope peaks between LR samples; README "What made it work")."""
+
+    def __init__(self, lr, hr_size, smooth=0.0):
+        if not smooth >= 0:
+            raise ValueError(f'smooth must be >= 0, got {smooth}')
         h, w = hr_size
         self.lr = lr.double()
         self.D_h = downsample_matrix(h, lr.shape[-2], lr.device)
         self.D_w = downsample_matrix(w, lr.shape[-1], lr.device)
-        self.P_h = torch.linalg.pinv(self.D_h)
-        self.P_w = torch.linalg.pinv(self.D_w)
+        self.P_h = _right_inverse(self.D_h, smooth)
+        self.P_w = _right_inverse(self.D_w, smooth)
 
     def __call__(self, x):
         xd = x.double()
@@ -213,7 +231,7 @@ class GaussianDiffusion:
 
     @torch.inference_mode()
     def sample(self, cond, steps, sampler='ddpm', shape=None, generator=None, clip=True, eta=0.0,
-               progress=False, eps_fn=None, lr=None, temperature=1.0):
+               progress=False, eps_fn=None, lr=None, temperature=1.0, project_smooth=0.0):
         """Generate x0 given `cond` (B, C, H, W) with `steps` network evaluations.
 
         sampler 'ddpm': ancestral sampling with the posterior q(x_{s} | x_t, x0_hat) of the respaced chain
@@ -221,7 +239,8 @@ class GaussianDiffusion:
         so that the image lies in [-1, 1] when `clip`. `eps_fn(x_t, gamma)` replaces the network (used by tests
         with closed forms). With `residual` the bicubic condition is added back to the result.
         lr: the low-res input (B, C, h, w) in [-1, 1]; when given, every x0_hat is projected onto the images whose
-        bicubic downsample is lr (LowResProjection), before clipping. Not SR3: an option (README).
+        bicubic downsample is lr (LowResProjection; project_smooth its `smooth`), before clipping. Not SR3: an option
+        (README).
         temperature: the noise added at every step after the first is scaled by it (1 = the sampler as written;
         SRFlow-style sampling temperature, our option): < 1 trades sample diversity and detail for less of the
         speckle an undertrained model leaves (README "What made it work"); 0 adds no noise after x_T.
@@ -262,7 +281,7 @@ class GaussianDiffusion:
                 xin = x.contiguous(memory_format=torch.channels_last) if on_cpu else x
                 return self.predict(xin, c, gamma, net)
 
-        project = None if lr is None else LowResProjection(lr.to(device), shape[-2:])
+        project = None if lr is None else LowResProjection(lr.to(device), shape[-2:], project_smooth)
         ab = self.respaced(steps).to(device)
         x = randn()
         for i in tqdm(range(steps, 0, -1), desc=f'{sampler} {steps} steps', disable=not progress, leave=False):

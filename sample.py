@@ -19,7 +19,7 @@ import data
 import relay
 from checkpoint import load_model
 from runtime import Parser, UsageError, autocast, make_generator, pick_device, pick_dtype
-from tasks import make_diffusion, nearest_up, parse_task, relay_noise
+from tasks import make_diffusion, nearest_up, parse_task, relay_noise, sr_sampling
 
 
 def get_args(argv=None):
@@ -31,6 +31,9 @@ def get_args(argv=None):
     p.add_argument('--sampler', default='ddpm', choices=['ddpm', 'ddim'])
     p.add_argument('--temperature', type=float, default=None,
                    help="SR: scale of the noise added after x_T (default: the run's --temperature, 1 = DDPM as written)")
+    p.add_argument('--project-smooth', type=float, default=None,
+                   help="SR, for a run trained with --project: the correction's smoothness (default: the run's; 0 = "
+                        "the pseudo-inverse)")
     p.add_argument('--relay', action='store_true')
     p.add_argument('--ckpt-first', help='relay stage 1 (relayL) checkpoint')
     p.add_argument('--ckpt-second', help='relay stage 2 (relayL_H) checkpoint')
@@ -81,10 +84,9 @@ def super_resolve(model, cfg, lr, steps, sampler='ddpm', generator=None, device=
     `generator` may live on the CPU or on the device: diffusion.py draws where the generator lives."""
     hr = parse_task(cfg['task'])['hr']
     cond = data.resize(lr, hr).to(device)
-    project_on = lr.to(device) if cfg.get('project') else None  # the run's --project: the low-res consistency step
-    with autocast(torch.device(device), dtype):
-        out = make_diffusion(model, cfg).sample(cond, steps, sampler=sampler, generator=generator, lr=project_on,
-                                                temperature=cfg.get('temperature', 1.0))
+    with autocast(torch.device(device), dtype):  # the run's --project / --project-smooth / --temperature
+        out = make_diffusion(model, cfg).sample(cond, steps, sampler=sampler, generator=generator,
+                                                **sr_sampling(cfg, lr.to(device)))
     return out.float().cpu(), cond.cpu()
 
 
@@ -110,6 +112,10 @@ def sample_sr(a, device, dtype):
         if not a.temperature >= 0:
             raise UsageError(f'--temperature must be >= 0, got {a.temperature}')
         cfg = dict(cfg, temperature=a.temperature)
+    if a.project_smooth is not None:
+        if not a.project_smooth >= 0:
+            raise UsageError(f'--project-smooth must be >= 0, got {a.project_smooth}')
+        cfg = dict(cfg, project_smooth=a.project_smooth)
     if cfg.get('temperature', 1.0) < 1 and a.sampler == 'ddpm' and a.steps < 50:
         # measured (README "What made it work"): temperature 0.6 with 5-20 DDPM steps leaves more noise, not less
         print(f"warning: temperature {cfg['temperature']} with {a.steps} DDPM steps is off the measured range "

@@ -25,13 +25,20 @@ from unet import PRESETS, build_unet
 # defaults are SR3's. A checkpoint written before they existed reads them with these defaults.
 LOSS_DEFAULTS = dict(schedule='linear', timesteps=2000, beta_start=1e-6, beta_end=1e-2, loss='l1',
                      dream=False, dream_p=1.0, blur_sigma_max=3.0, prob_length=0.93, block_noise=0.15,
-                     pred='eps', residual=False, noise_cond='gamma', project=False)
+                     pred='eps', residual=False, noise_cond='gamma', project=False, project_smooth=0.0)
 # RDM's stage-2 sampler keeps sqrt(1 - s_noise^2) of its noise estimate per step and draws the rest afresh
 # (train.py --s-noise; the README's CPU runs use 1).
 RDM_S_NOISE = 0.2
 # Before the presets named their GroupNorm groups every network used gcd(32, channels) groups: checkpoints
 # without 'norm_groups' in their flags are rebuilt that way (tiny / small: one channel per group).
 LEGACY_NORM_GROUPS = 32
+
+
+def sr_sampling(cfg, lr):
+    """The SR sampler options a run was trained with (its --project, --project-smooth, --temperature), for
+    GaussianDiffusion.sample: the low-resolution consistency step on `lr` only if the run asked for it."""
+    return dict(lr=lr if cfg.get('project') else None, temperature=cfg.get('temperature', 1.0),
+                project_smooth=cfg.get('project_smooth', LOSS_DEFAULTS['project_smooth']))
 
 
 def parse_task(task):
@@ -156,9 +163,8 @@ def sample_and_score(model, cfg, batch, steps, sampler='ddpm', generator=None, d
     if info['kind'] == 'sr':
         hr, lr, sr = (batch[k].to(device) for k in ('hr', 'lr', 'sr'))
         with autocast(device, dtype):
-            project_on = lr if cfg.get('project') else None
-            out = make_diffusion(model, cfg).sample(sr, steps, sampler=sampler, generator=generator, lr=project_on,
-                                                    temperature=cfg.get('temperature', 1.0))
+            out = make_diffusion(model, cfg).sample(sr, steps, sampler=sampler, generator=generator,
+                                                    **sr_sampling(cfg, lr))
             out = out.float()
         res = metrics.mean_metrics(metrics.compute_metrics(out.cpu(), hr.cpu(), lr.cpu()))
         bicubic = metrics.mean_metrics(metrics.compute_metrics(sr.cpu(), hr.cpu(), lr.cpu()))

@@ -37,7 +37,7 @@ from trainset import check_data_flags, datasets, make_loader, to_device
 from unet import PRESETS
 
 POSITIVE = 'max_iters batch_size grad_accum timesteps log_every eval_n eval_steps ckpt_every eval_every lr'.split()
-NON_NEGATIVE = ['snapshot_every', 'holdout', 'warmup', 'temperature', 'block_noise']
+NON_NEGATIVE = ['snapshot_every', 'holdout', 'warmup', 'temperature', 'block_noise', 'project_smooth']
 
 
 # ----------------------------------------------------------------------------- flags
@@ -86,6 +86,9 @@ def get_args(argv=None):
                    help="the network's noise level input: SR3's gamma, or ln(sigma)/4")
     p.add_argument('--project', action='store_true',
                    help='sampling: project every x0 estimate onto the images whose bicubic downsample is the LR')
+    p.add_argument('--project-smooth', type=float, default=LOSS['project_smooth'],
+                   help='with --project: make the correction the smoothest consistent one (weight of its second '
+                        'differences; 0 = the pseudo-inverse) instead of the smallest: less LR-grid texture')
     p.add_argument('--temperature', type=float, default=1.0,
                    help='sampling (evaluation and sample.py): scale of the noise added after x_T (1 = DDPM as written)')
     p.add_argument('--norm-groups', type=int, default=None, help="GroupNorm groups (default: the preset's)")
@@ -125,6 +128,8 @@ def check_args(a):
             raise UsageError(f'{flag} must be non-negative, got {value}')
     if not 0 <= a.s_noise <= 1:
         raise UsageError(f'--s-noise must be in [0, 1], got {a.s_noise}')
+    if a.project_smooth and not a.project:
+        raise UsageError(f'--project-smooth {a.project_smooth} has no effect without --project')
     if a.norm_groups is not None and not a.norm_groups > 0:
         raise UsageError(f'--norm-groups must be positive, got {a.norm_groups}')
     if a.eval_steps > a.timesteps:

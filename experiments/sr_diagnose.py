@@ -105,6 +105,8 @@ def main():
     ap.add_argument('--json', default=None)
     ap.add_argument('--raw', action='store_true', help='also score the raw (non-EMA) weights')
     ap.add_argument('--project', action='store_true', help='sample with the low-res consistency projection')
+    ap.add_argument('--project-smooth', type=float, default=0.0,
+                    help="with --project: the correction's smoothness (diffusion.LowResProjection; 0 = pseudo-inverse)")
     ap.add_argument('--bf16-bands', action='store_true', help='also the band errors of the EMA net under bf16 autocast')
     a = ap.parse_args()
     nets, args, step = load(a.ckpt)
@@ -120,7 +122,7 @@ def main():
         project_on = lr if a.project else None
         temperature = a.temperature if a.temperature is not None else args.get('temperature', 1.0)
         x = diff.sample(sr, a.steps, sampler=a.sampler, generator=torch.Generator().manual_seed(1234), lr=project_on,
-                        temperature=temperature)
+                        temperature=temperature, project_smooth=a.project_smooth)
         out[which] = score(x, hr, lr, sr, hi // lo)
         out[which]['bands'] = band_errors(diff, hr, sr)
     if a.bf16_bands:

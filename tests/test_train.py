@@ -173,10 +173,12 @@ def test_sr_options_are_saved_and_rebuilt_and_resume_refuses_others(srdata, tmp_
     an older checkpoint (no norm_groups) is rebuilt with its GroupNorm, and --resume refuses another formulation."""
     out = tmp_path / 'opts'
     run(FAST + ['--data', srdata, '--out', str(out), '--max-iters', '4', '--eval-every', '4', '--pred', 'v',
-                '--residual', '--noise-cond', 'log_sigma', '--project'])
+                '--residual', '--noise-cond', 'log_sigma', '--project', '--project-smooth', '10'])
     ck = torch.load(out / 'ckpt.pt', weights_only=True)
     assert (ck['args']['pred'], ck['args']['residual'], ck['args']['noise_cond'], ck['args']['project']) == \
         ('v', True, 'log_sigma', True)
+    assert tasks.sr_sampling(ck['args'], 'LR')['project_smooth'] == 10.0 and tasks.sr_sampling({}, 'LR') == \
+        dict(lr=None, temperature=1.0, project_smooth=0.0)  # an older checkpoint: no projection, SR3's sampler
     assert ck['args']['norm_groups'] == unet.PRESETS['tiny']['groups'] == 8
     net, cfg = checkpoint.load_model(str(out / 'ckpt.pt'))
     assert net.conv_out[0].num_groups == 8
