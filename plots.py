@@ -3,7 +3,9 @@ import json
 import math
 import os
 
-_NOT_EVAL = {"step", "time", "elapsed", "lr", "epoch", "it_s", "imgs_s", "grad_norm"}  # log keys that are not metrics
+_NOT_EVAL = {"step", "time", "elapsed", "lr", "epoch", "it_s", "imgs_s", "img_s", "grad_norm", "train_s",
+             "eval_steps", "n"}  # log keys that are not metrics
+_BASELINE_PREFIXES = ("bicubic_", "input_")  # the baselines an evaluation logs beside the model: constant, not plotted
 
 
 def _read_jsonl(path):
@@ -37,7 +39,8 @@ def plot_loss(log_jsonl_path, out_png, smoothing=0.95):
     train = [(r["step"], r["loss"]) for r in rows if _num(r.get("loss"))]
     evals = [r for r in rows if "loss" not in r]
     first = ["psnr", "ssim", "lpips", "consistency"]
-    keys = sorted({k for r in evals for k, v in r.items() if k not in _NOT_EVAL and _num(v)},
+    keys = sorted({k for r in evals for k, v in r.items()
+                   if k not in _NOT_EVAL and not k.startswith(_BASELINE_PREFIXES) and _num(v)},
                   key=lambda k: (first.index(k) if k in first else len(first), k))[:4]
     if not train and not keys:
         return False
@@ -59,7 +62,8 @@ def plot_loss(log_jsonl_path, out_png, smoothing=0.95):
         ax.set(xlabel="step", ylabel=k, title=f"eval {k}")
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.tight_layout()
+    w, h = fig.get_size_inches()  # fixed margins in inches: tight_layout costs a full extra draw (seconds per checkpoint)
+    fig.subplots_adjust(left=1.0 / w, right=1 - 0.2 / w, bottom=0.55 / h, top=1 - 0.35 / h, wspace=0.35)
     os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
     fig.savefig(out_png, dpi=100)
     return True

@@ -318,13 +318,14 @@ def test_lpips_fn_needs_weights_on_disk(tmp_path, monkeypatch):
 def test_plot_loss(tmp_path):
     log = tmp_path / "log.jsonl"
     lines = [json.dumps({"step": s, "loss": 1.0 / (s + 1) + 0.01 * (s % 3)}) for s in range(50)]
-    lines += [json.dumps({"step": s, "psnr": 20 + s / 10, "ssim": 0.5 + s / 200}) for s in (10, 30, 49)]
+    lines += [json.dumps({"step": s, "psnr": 20 + s / 10, "ssim": 0.5 + s / 200, "bicubic_psnr": 22.8, "eval_steps": 5,
+                          "eval": True}) for s in (10, 30, 49)]
     log.write_text("\n".join(lines) + '\n{"step": 50, "lo')  # truncated last line of a live run
     out = tmp_path / "plots" / "loss.png"
     assert plots.plot_loss(str(log), str(out)) is True
     from PIL import Image
     im = Image.open(out)
-    assert im.size[0] > 3 * im.size[1] / 1.5  # three panels side by side: loss, psnr, ssim
+    assert im.size == (3 * 500, 360)  # three 5-inch panels at 100 dpi: loss, psnr, ssim (not the baseline, not steps)
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     assert plots.plot_loss(str(empty), str(tmp_path / "e.png")) is False
