@@ -1,4 +1,6 @@
 """Shared pytest fixtures."""
+import sys
+
 import pytest
 import torch
 
@@ -10,3 +12,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def _empty_png(log_jsonl, png):
+    open(png, 'wb').close()
+    return True
+
+
+@pytest.fixture(autouse=True)
+def no_loss_plot_in_process(monkeypatch):
+    """train.py redraws loss.png at every evaluation (matplotlib: about a second and a half a call on 2 cores, dozens
+    of in-process runs in this suite). In-process runs write an empty loss.png instead; plots.plot_loss itself is
+    tested in test_evaluate.py, and train.py's real loss.png by the CLI test (a subprocess, not patched)."""
+    train = sys.modules.get('train')
+    if train is not None:
+        monkeypatch.setattr(train, 'plot_loss', _empty_png)

@@ -20,11 +20,6 @@ import train  # noqa: E402
 from test_reliability import RELAY, smooth  # noqa: E402
 
 
-@pytest.fixture
-def quick_plots(monkeypatch):
-    monkeypatch.setattr(train, 'plot_loss', lambda log, png: open(png, 'wb').close())
-
-
 # ----------------------------------------------------------------------------- 1. DDP: per-rank noise, exact resume
 # (the DDP run itself: tests/test_reliability.py::test_ddp_rank0_writes_ranks_draw_their_own_noise_and_resume_exactly)
 def test_rank_seeds_differ_and_single_process_seeding_is_unchanged():
@@ -93,7 +88,7 @@ def test_make_generator_and_generator_on_follow_the_device():
     assert runtime.generator_on('cpu', g) is g and runtime.generator_on('cpu', None) is None
 
 
-def test_relay_sampling_gets_a_generator_made_for_the_sampling_device(tmp_path, monkeypatch, quick_plots):
+def test_relay_sampling_gets_a_generator_made_for_the_sampling_device(tmp_path, monkeypatch):
     faces = tmp_path / 'faces'
     os.makedirs(faces)
     for i in range(6):
