@@ -141,7 +141,7 @@ def print_report(res, as_json=False):
     if "flat_noise" in res:
         print(f"{'flat_noise':<14}{res['flat_noise']:>12.4f}   (speckle where gt is smooth; 1 = as much as gt has)")
     if "grid_texture" in res:
-        print(f"{'grid_texture':<14}{res['grid_texture']:>12.4f}   (texture on the LR pixel grid; 1 = none, real faces 0.99)")
+        print(f"{'grid_texture':<14}{res['grid_texture']:>12.4f}   (LR-grid texture; 1 = none, real faces 0.99)")
     c = res.get("consistency")
     if c is not None:
         print(f"{'consistency':<14}{c:>12.3e}   (x1e5, as DREAM prints it: {c * 1e5:.3f})")

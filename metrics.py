@@ -15,7 +15,7 @@ Recipes (so our numbers compare with theirs):
   hallucinated texture left in pred (the speckle of an undertrained diffusion model); < 1 smoother (bicubic ~0.7);
 * grid_texture (ours, the "4x4 texture" of the SR issue) = mean squared neighbour difference across the borders of
   the s x s cells that the LR pixels cover, over the same within cells (s = hr / lr). 1 = no texture tied to the LR
-  grid (real faces 0.99); nearest upsampling is infinite; bicubic 4x upsampling 1.54 (its slope peaks mid-way
+  grid (real faces 0.99); nearest upsampling is infinite; bicubic 4x upsampling 1.53 (its slope peaks mid-way
   between LR samples); an SR output above HR's value shows the LR grid;
 * LPIPS (AlexNet, `lpips` package, only when its weights are already on disk) on [-1,1] inputs, the
   package's convention; the DREAM code feeds [0,1], so its LPIPS numbers are not comparable.

@@ -62,7 +62,8 @@ def plot_loss(log_jsonl_path, out_png, smoothing=0.95):
         ax.set(xlabel="step", ylabel=k, title=f"eval {k}")
     for ax in axes:
         ax.grid(alpha=0.3)
-    w, h = fig.get_size_inches()  # fixed margins in inches: tight_layout costs a full extra draw (seconds per checkpoint)
+    # fixed margins in inches: tight_layout costs a full extra draw (seconds at every evaluation)
+    w, h = fig.get_size_inches()
     fig.subplots_adjust(left=1.0 / w, right=1 - 0.2 / w, bottom=0.55 / h, top=1 - 0.35 / h, wspace=0.35)
     os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
     fig.savefig(out_png, dpi=100)

@@ -26,18 +26,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
 import metrics  # noqa: E402
 from diffusion import LowResProjection  # noqa: E402
+from tasks import relay_inputs  # noqa: E402
 
 COLUMNS = 'label seed step train_s sampler steps n psnr ssim consistency flat_noise grid_texture'.split()
-
-
-def load_folder(path, size):
-    files = data.list_images(path)
-    if not files:
-        raise SystemExit(f'{path}: no images')
-    x = torch.stack([data.load_image(f) for f in files])
-    if x.shape[-1] != size:
-        raise SystemExit(f'{path}: images are {x.shape[-1]}x{x.shape[-2]}, expected {size}x{size}')
-    return x
 
 
 def baselines(lr, hr_size):
@@ -54,7 +45,6 @@ def baselines(lr, hr_size):
 
 def relay_baselines(hr, block):
     """label -> images, for relay stage 2: LR = the block x block tile means of hr (tasks.relay_inputs)."""
-    from tasks import relay_inputs
     x_up, bicubic = relay_inputs(hr, block)
     lr = F.avg_pool2d(hr, block)
     box_projected = bicubic + F.interpolate(lr - F.avg_pool2d(bicubic, block), scale_factor=block, mode='nearest')
@@ -81,10 +71,9 @@ def main(argv=None):
         hr = torch.stack([data.resize(data.load_image(f), a.hr_size) for f in files])
         lr, methods = relay_baselines(hr, a.block)
     else:
-        lr = load_folder(os.path.join(a.data, f'lr_{a.lr_size}'), a.lr_size)
-        hr = load_folder(os.path.join(a.data, f'hr_{a.hr_size}'), a.hr_size)
-        if len(lr) != len(hr):
-            raise SystemExit(f'{a.data}: {len(lr)} LR images but {len(hr)} HR images')
+        pairs = data.SRPairs(a.data, a.lr_size, a.hr_size)  # pairs by name, checks sizes, one-line errors
+        items = [pairs[i] for i in range(len(pairs))]
+        hr, lr = (torch.stack([it[k] for it in items]) for k in ('hr', 'lr'))
         methods = baselines(lr, a.hr_size)
     rows = []
     for label, x in methods.items():

@@ -16,8 +16,9 @@ import os
 
 import torch
 
+# as train.py's evaluation logs them; '' where a task has none
 SCORES = ('psnr ssim consistency flat_noise grid_texture bicubic_psnr bicubic_ssim bicubic_consistency '
-          'bicubic_flat_noise bicubic_grid_texture input_psnr input_ssim').split()  # as train.py's evaluation logs them; '' where a task has none
+          'bicubic_flat_noise bicubic_grid_texture input_psnr input_ssim').split()
 COLUMNS = ['label', 'seed', 'step', 'train_s', 'sampler', 'steps', 'temperature', 'n', *SCORES,
            *'pred residual noise_cond project norm_groups dream_p lr lr_schedule warmup run'.split()]
 

@@ -109,6 +109,8 @@ def main():
                     help="with --project: the correction's smoothness (diffusion.LowResProjection; 0 = pseudo-inverse)")
     ap.add_argument('--bf16-bands', action='store_true', help='also the band errors of the EMA net under bf16 autocast')
     a = ap.parse_args()
+    if a.project_smooth and not a.project:
+        ap.error('--project-smooth has no effect without --project')
     nets, args, step = load(a.ckpt)
     t = args['task']
     lo, hi = (int(v) for v in t[2:].split('_'))

@@ -21,8 +21,8 @@ def _empty_png(log_jsonl, png):
 
 @pytest.fixture(autouse=True)
 def no_loss_plot_in_process(monkeypatch):
-    """train.py redraws loss.png at every evaluation (matplotlib: about a second and a half a call on 2 cores, dozens
-    of in-process runs in this suite). In-process runs write an empty loss.png instead; plots.plot_loss itself is
+    """train.py redraws loss.png at every evaluation (matplotlib: seconds a call, dozens of in-process runs in this
+    suite). In-process runs write an empty loss.png instead; plots.plot_loss itself is
     tested in test_evaluate.py, and train.py's real loss.png by the CLI test (a subprocess, not patched)."""
     train = sys.modules.get('train')
     if train is not None:
