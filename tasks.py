@@ -84,15 +84,16 @@ def loss_config(task, **flags):
     return dict(LOSS_DEFAULTS, task=task, **flags)
 
 
-def build_model(task, model='small', grad_checkpoint=False, norm_groups=None, **_):
+def build_model(task, model='small', grad_checkpoint=False, norm_groups=None, upsample='nearest', **_):
     """The task's UNet. SR: x_t + bicubic-upsampled LR in (6 channels); relay stages: x_t alone.
-    norm_groups None: the preset's GroupNorm groups."""
+    norm_groups None: the preset's GroupNorm groups; upsample: the decoder's ('nearest', SR3's, or 'bilinear')."""
     info = task_info(task)
     in_channels = 6 if info['kind'] == 'sr' else 3
     overrides = {}
     if norm_groups is not None:
         overrides['groups'] = norm_groups
-    return build_unet(model, in_channels, 3, info['res'], grad_checkpoint=grad_checkpoint, **overrides)
+    return build_unet(model, in_channels, 3, info['res'], grad_checkpoint=grad_checkpoint, upsample=upsample,
+                      **overrides)
 
 
 def preset_norm_groups(model):
@@ -101,7 +102,8 @@ def preset_norm_groups(model):
 
 def model_from_args(args):
     """The network a checkpoint's flags describe (older checkpoints: the GroupNorm they were trained with)."""
-    return build_model(args['task'], args['model'], norm_groups=args.get('norm_groups', LEGACY_NORM_GROUPS))
+    return build_model(args['task'], args['model'], norm_groups=args.get('norm_groups', LEGACY_NORM_GROUPS),
+                       upsample=args.get('upsample', 'nearest'))
 
 
 # ----------------------------------------------------------------------------- diffusion and loss (from the flags)

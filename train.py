@@ -92,6 +92,8 @@ def get_args(argv=None):
     p.add_argument('--temperature', type=float, default=1.0,
                    help='sampling (evaluation and sample.py): scale of the noise added after x_T (1 = DDPM as written)')
     p.add_argument('--norm-groups', type=int, default=None, help="GroupNorm groups (default: the preset's)")
+    p.add_argument('--upsample', default='nearest', choices=['nearest', 'bilinear'],
+                   help="the UNet decoder's x2 upsample (SR3: nearest)")
     p.add_argument('--blur-sigma-max', type=float, default=LOSS['blur_sigma_max'],
                    help='relay stage 2 (CelebA-HQ model: 2.0)')
     p.add_argument('--prob-length', type=float, default=LOSS['prob_length'],
@@ -144,8 +146,8 @@ def check_args(a):
 
 def check_same_formulation(path, saved, a):
     """--resume continues the network and the loss it was trained with: refuse other SR options in one line."""
-    saved_values = {**LOSS, 'norm_groups': LEGACY_NORM_GROUPS, **saved}
-    for key in ('norm_groups', 'pred', 'residual', 'noise_cond'):
+    saved_values = {**LOSS, 'norm_groups': LEGACY_NORM_GROUPS, 'upsample': 'nearest', **saved}
+    for key in ('norm_groups', 'upsample', 'pred', 'residual', 'noise_cond'):
         if saved_values[key] != getattr(a, key):
             flag = '--' + key.replace('_', '-')
             raise UsageError(f'--resume: {path} was trained with {flag} {saved_values[key]}, not {getattr(a, key)}')
@@ -218,7 +220,8 @@ def train(a):
         f'{a.eval_steps} steps')
 
     # -- model, optimizer, resume; then DDP (rank 0's weights) and the EMA copy
-    model = build_model(a.task_info, a.model, a.grad_checkpoint, a.norm_groups).to(device, memory_format=fmt)
+    model = build_model(a.task_info, a.model, a.grad_checkpoint, a.norm_groups, a.upsample)
+    model = model.to(device, memory_format=fmt)
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
     step = 0
     train_s = 0.0  # training seconds so far, evaluation excluded (for equal-time comparisons)

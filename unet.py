@@ -88,9 +88,18 @@ class Level(nn.Module):
         return self.attn(x) if self.attn is not None else x
 
 
+def upsampler(mode):
+    """The decoder's x2 upsample before its conv: SR3's 'nearest', or 'bilinear' (our option: nearest copies every
+    coarse feature into a 2x2 block, so an undertrained decoder leaves blocks on the coarsest level's grid)."""
+    if mode not in ('nearest', 'bilinear'):
+        raise ValueError(f"UNet: upsample must be 'nearest' or 'bilinear', got {mode!r}")
+    return nn.Upsample(scale_factor=2, mode=mode, **({'align_corners': False} if mode == 'bilinear' else {}))
+
+
 class UNet(nn.Module):
     def __init__(self, in_channels=6, out_channels=3, channels=64, channel_mults=(1, 2, 4, 8, 8), num_res_blocks=2,
-                 attn_resolutions=(16,), dropout=0.0, image_size=128, groups=32, grad_checkpoint=False):
+                 attn_resolutions=(16,), dropout=0.0, image_size=128, groups=32, grad_checkpoint=False,
+                 upsample='nearest'):
         super().__init__()
         self.grad_checkpoint = grad_checkpoint
         emb_dim = channels
@@ -114,7 +123,7 @@ class UNet(nn.Module):
                 self.ups.append(Level(ch + skips.pop(), channels * mult, emb_dim, groups, dropout, res in attn_resolutions))
                 ch = channels * mult
             if i != 0:
-                self.ups.append(nn.Sequential(nn.Upsample(scale_factor=2, mode='nearest'), nn.Conv2d(ch, ch, 3, padding=1)))
+                self.ups.append(nn.Sequential(upsampler(upsample), nn.Conv2d(ch, ch, 3, padding=1)))
                 res *= 2
         self.conv_out = nn.Sequential(*norm_act(ch, groups), nn.Conv2d(ch, out_channels, 3, padding=1))
         self.min_size = 2 ** (len(channel_mults) - 1)

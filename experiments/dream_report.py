@@ -57,14 +57,20 @@ def final_table(curves, labels):
     for (label, seed), rs in by(curves, 'label', 'seed').items():
         last[label, seed] = max(rs, key=lambda r: r['step'])
     b = next(iter(last.values()))
+    has_c = isinstance(b.get('consistency'), float)  # relay rows have none (their LR is the box downsample)
+
+    def cons(values):
+        return fmt([v * 1e5 for v in values], 2) if has_c else '–'
     lines = ['| method | seeds | iterations | PSNR (dB) | SSIM | consistency (1e-5) |', '|---|---|---|---|---|---|']
     for label in labels:
         rs = [r for (lab, _), r in last.items() if lab == label]
         if rs:
             lines.append(f"| {label} | {len(rs)} | {rs[0]['step']} | {fmt([r['psnr'] for r in rs], 2)} | "
-                         f"{fmt([r['ssim'] for r in rs], 3)} | {fmt([r['consistency'] * 1e5 for r in rs], 2)} |")
+                         f"{fmt([r['ssim'] for r in rs], 3)} | {cons([r.get('consistency') for r in rs])} |")
     lines.append(f"| bicubic | – | – | {b['bicubic_psnr']:.2f} | {b['bicubic_ssim']:.3f} | "
-                 f"{b['bicubic_consistency'] * 1e5:.2f} |")
+                 f"{cons([b.get('bicubic_consistency')])} |")
+    if b.get('input_psnr') not in (None, ''):
+        lines.append(f"| the input | – | – | {float(b['input_psnr']):.2f} | {float(b['input_ssim']):.3f} | – |")
     return '\n'.join(lines), last
 
 
