@@ -199,4 +199,7 @@ def test_sr_options_are_saved_and_rebuilt_and_resume_refuses_others(srdata, tmp_
     assert {m.mode for m in old.modules() if isinstance(m, torch.nn.Upsample)} == {'nearest'}  # SR3's
     with pytest.raises(SystemExit):
         train.main(FAST + ['--data', srdata, '--out', str(out), '--max-iters', '8', '--resume'])
+    assert 'was trained with --upsample bilinear, not nearest' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.main(FAST + ['--data', srdata, '--out', str(out), '--max-iters', '8', '--resume', '--upsample', 'bilinear'])
     assert 'was trained with --pred v, not eps' in capsys.readouterr().err
