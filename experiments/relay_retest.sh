@@ -97,3 +97,16 @@ for s in 0 1 2; do
 done
 python experiments/summarize.py results/relay_dream_seeds.csv --by label s_noise --metrics psnr ssim flat_noise
 python experiments/baselines.py --relay ../shared/data/faces --n 32 --out results/relay_baselines.csv
+
+# DREAM for relay at equal wall-clock: the DREAM runs again, evaluated like their standard twins (s_noise 0.2, the
+# default; the runs above were evaluated at s_noise 1 in training) -- the same training, bit for bit -- with snapshots
+for s in 0 1 2; do
+  python train.py $R --seed $s --prob-length 0.5 --dream --snapshot-every 500 --out runs/r2_dreq_s$s
+done
+python experiments/collect_eval.py --all --runs runs/r2_pl05_s0 runs/r2_pl05_s1 runs/r2_pl05_s2 runs/r2_dreq_s0 \
+  runs/r2_dreq_s1 runs/r2_dreq_s2 --labels standard standard standard "DREAM p=1" "DREAM p=1" "DREAM p=1" \
+  --out results/relay_dream_curves.csv
+python experiments/collect_eval.py --runs runs/t_relay runs/t_relay_dream --labels standard DREAM \
+  --out results/relay_dream_cost.csv   # the two 200-iteration runs timed alone above, labelled for dream_report
+python experiments/dream_report.py --curves results/relay_dream_curves.csv --cost results/relay_dream_cost.csv \
+  --out results/relay_dream
