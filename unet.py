@@ -89,8 +89,8 @@ class Level(nn.Module):
 
 
 def upsampler(mode):
-    """The decoder's x2 upsample before its conv: SR3's 'nearest', or 'bilinear' (our option: nearest copies every
-    coarse feature into a 2x2 block, so an undertrained decoder leaves blocks on the coarsest level's grid)."""
+    """The decoder's x2 upsample before its conv: SR3's 'nearest', or 'bilinear' (our option, tried against the quick
+    start's 4x4 texture because nearest copies each coarse feature into a 2x2 block; it did not remove it, README)."""
     if mode not in ('nearest', 'bilinear'):
         raise ValueError(f"UNet: upsample must be 'nearest' or 'bilinear', got {mode!r}")
     return nn.Upsample(scale_factor=2, mode=mode, **({'align_corners': False} if mode == 'bilinear' else {}))

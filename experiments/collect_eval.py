@@ -20,7 +20,8 @@ import torch
 SCORES = ('psnr ssim consistency flat_noise grid_texture bicubic_psnr bicubic_ssim bicubic_consistency '
           'bicubic_flat_noise bicubic_grid_texture input_psnr input_ssim').split()
 COLUMNS = ['label', 'seed', 'step', 'train_s', 'sampler', 'steps', 'temperature', 'n', *SCORES,
-           *'pred residual noise_cond project norm_groups upsample dream_p batch_size lr lr_schedule warmup run'.split()]
+           *'pred residual noise_cond project norm_groups upsample dream_p batch_size lr lr_schedule warmup'.split(),
+           'run']
 
 
 def sampler_of(task):
@@ -51,7 +52,8 @@ def eval_rows(run, label, every=False):
                         pred=args.get('pred', 'eps'), residual=args.get('residual', False),
                         noise_cond=args.get('noise_cond', 'gamma'), project=args.get('project', False),
                         norm_groups=args.get('norm_groups'), upsample=args.get('upsample', 'nearest'),
-                        dream_p=args['dream_p'] if args.get('dream') else '', batch_size=args['batch_size'], lr=args['lr'], lr_schedule=args.get('lr_schedule', 'constant'), warmup=args.get('warmup', 0),
+                        dream_p=args['dream_p'] if args.get('dream') else '', batch_size=args['batch_size'],
+                        lr=args['lr'], lr_schedule=args.get('lr_schedule', 'constant'), warmup=args.get('warmup', 0),
                         run=run))
     return out
 

@@ -29,7 +29,8 @@ def read(path):
     for r in rows:
         for k in ('step', 'steps', 'seed'):
             r[k] = int(float(r[k]))
-        for k in ('psnr', 'ssim', 'consistency', 'bicubic_psnr', 'bicubic_ssim', 'bicubic_consistency'):
+        for k in ('psnr', 'ssim', 'consistency', 'bicubic_psnr', 'bicubic_ssim', 'bicubic_consistency', 'input_psnr',
+                  'input_ssim'):
             if r.get(k) not in (None, ''):
                 r[k] = float(r[k])
     return rows
@@ -68,9 +69,9 @@ def final_table(curves, labels):
             lines.append(f"| {label} | {len(rs)} | {rs[0]['step']} | {fmt([r['psnr'] for r in rs], 2)} | "
                          f"{fmt([r['ssim'] for r in rs], 3)} | {cons([r.get('consistency') for r in rs])} |")
     lines.append(f"| bicubic | – | – | {b['bicubic_psnr']:.2f} | {b['bicubic_ssim']:.3f} | "
-                 f"{cons([b.get('bicubic_consistency')])} |")
+                 f"{format(b['bicubic_consistency'] * 1e5, '.2f') if has_c else '–'} |")
     if b.get('input_psnr') not in (None, ''):
-        lines.append(f"| the input | – | – | {float(b['input_psnr']):.2f} | {float(b['input_ssim']):.3f} | – |")
+        lines.append(f"| the input | – | – | {b['input_psnr']:.2f} | {b['input_ssim']:.3f} | – |")
     return '\n'.join(lines), last
 
 

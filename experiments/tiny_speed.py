@@ -69,7 +69,8 @@ def main():
     a = train.get_args(QUICK + ['--data', args.data])
     data = datasets(a)[0]
     b4 = train.get_args(QUICK + ['--data', args.data, '--batch-size', '4'])
-    levers = [('default (fp32, 2 threads)', a, {}), ('channels_last', a, dict(channels_last=True)),
+    levers = [(f'default (fp32, {torch.get_num_threads()} threads)', a, {}),
+              ('channels_last', a, dict(channels_last=True)),
               ('mkldnn off', a, dict(mkldnn=False)), ('batch 4', b4, {}), ('one thread', a, dict(threads=1)),
               ('one thread, batch 4', b4, dict(threads=1))]
     if not args.no_compile:
