@@ -177,3 +177,17 @@ def test_unet_under_bf16_autocast_and_channels_last():
         out = m2(x.to(memory_format=torch.channels_last), g)
     assert out.shape == ref.shape
     assert (out.float() - ref).abs().max().item() < 0.05 * ref.abs().max().item() + 0.05
+
+
+def test_tiny_s2d_runs_at_half_resolution_and_returns_full_resolution():
+    """tiny_s2d: pixel_unshuffle(2) in, the UNet at H/2 .. H/8, pixel_shuffle(2) out; sizes not divisible by 8 are
+    refused by name."""
+    m = unet.build_unet('tiny_s2d', 6, 3, 64)
+    assert m.conv_in.in_channels == 24 and m.conv_out[-1].out_channels == 12 and m.min_size == 8
+    x = torch.randn(2, 6, 64, 64, requires_grad=True)
+    out = m(x, torch.rand(2))
+    assert out.shape == (2, 3, 64, 64)
+    out[:, :, 1::2, 1::2].sum().backward()  # every sub-pixel phase of the input reaches the odd output pixels
+    assert all(x.grad[:, :, i::2, j::2].abs().sum() > 0 for i in (0, 1) for j in (0, 1))
+    with pytest.raises(ValueError, match='divisible by 8'):
+        m(torch.randn(1, 6, 60, 60), torch.rand(1))
