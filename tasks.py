@@ -84,16 +84,17 @@ def loss_config(task, **flags):
     return dict(LOSS_DEFAULTS, task=task, **flags)
 
 
-def build_model(task, model='small', grad_checkpoint=False, norm_groups=None, upsample='nearest', **_):
+def build_model(task, model='small', grad_checkpoint=False, norm_groups=None, upsample='nearest', init='default', **_):
     """The task's UNet. SR: x_t + bicubic-upsampled LR in (6 channels); relay stages: x_t alone.
-    norm_groups None: the preset's GroupNorm groups; upsample: the decoder's ('nearest', SR3's, or 'bilinear')."""
+    norm_groups None: the preset's GroupNorm groups; upsample: the decoder's ('nearest', SR3's, or 'bilinear');
+    init: the initial weights (unet.init_weights)."""
     info = task_info(task)
     in_channels = 6 if info['kind'] == 'sr' else 3
     overrides = {}
     if norm_groups is not None:
         overrides['groups'] = norm_groups
     return build_unet(model, in_channels, 3, info['res'], grad_checkpoint=grad_checkpoint, upsample=upsample,
-                      **overrides)
+                      init=init, **overrides)
 
 
 def preset_norm_groups(model):

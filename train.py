@@ -34,7 +34,7 @@ from runtime import (Parser, UsageError, allow_tf32, describe, memory_format, pi
 from tasks import (LOSS_DEFAULTS as LOSS, RDM_S_NOISE, build_model, check_resolution, compute_loss, heldout, parse_task,
                    LEGACY_NORM_GROUPS, preset_norm_groups, sample_and_score)
 from trainset import check_data_flags, datasets, make_loader, to_device
-from unet import PRESETS
+from unet import INITS, PRESETS
 
 POSITIVE = 'max_iters batch_size grad_accum timesteps log_every eval_n eval_steps ckpt_every eval_every lr'.split()
 NON_NEGATIVE = ['snapshot_every', 'holdout', 'warmup', 'temperature', 'block_noise', 'project_smooth']
@@ -92,6 +92,8 @@ def get_args(argv=None):
     p.add_argument('--temperature', type=float, default=1.0,
                    help='sampling (evaluation and sample.py): scale of the noise added after x_T (1 = DDPM as written)')
     p.add_argument('--norm-groups', type=int, default=None, help="GroupNorm groups (default: the preset's)")
+    p.add_argument('--init', default='default', choices=list(INITS),
+                   help="initial weights: PyTorch's default, SR3's orthogonal, or zero-initialised residual branches")
     p.add_argument('--upsample', default='nearest', choices=['nearest', 'bilinear'],
                    help="the UNet decoder's x2 upsample (SR3: nearest)")
     p.add_argument('--blur-sigma-max', type=float, default=LOSS['blur_sigma_max'],
@@ -220,7 +222,7 @@ def train(a):
         f'{a.eval_steps} steps')
 
     # -- model, optimizer, resume; then DDP (rank 0's weights) and the EMA copy
-    model = build_model(a.task_info, a.model, a.grad_checkpoint, a.norm_groups, a.upsample)
+    model = build_model(a.task_info, a.model, a.grad_checkpoint, a.norm_groups, a.upsample, a.init)
     model = model.to(device, memory_format=fmt)
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
     step = 0

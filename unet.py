@@ -163,9 +163,35 @@ class UNet(nn.Module):
         return F.pixel_shuffle(h, self.unshuffle) if self.unshuffle > 1 else h
 
 
-def build_unet(preset, in_channels, out_channels, image_size, **overrides):
-    """A UNet from a preset name ('paper', 'small', 'tiny'); `overrides` replace preset values."""
+INITS = ('default', 'orthogonal', 'zero')
+
+
+def init_weights(net, scheme):
+    """Re-initialise a UNet in place. 'default': PyTorch's (kaiming-uniform, what every run before `--init` used);
+    'orthogonal': SR3's choice (its official code initialises every conv and linear weight orthogonally, gain 1,
+    biases 0); 'zero': the default, then the last conv of every residual branch, of every attention block and of the
+    output set to 0 (the ADM / "Improved DDPM" practice): each block starts as the identity and the net predicts 0."""
+    if scheme not in INITS:
+        raise ValueError(f"UNet: init must be one of {', '.join(INITS)}, got {scheme!r}")
+    if scheme == 'orthogonal':
+        for m in net.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.orthogonal_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+    elif scheme == 'zero':
+        last = [m.block2[-1] for m in net.modules() if isinstance(m, ResBlock)]
+        last += [m.out for m in net.modules() if isinstance(m, SelfAttention)] + [net.conv_out[-1]]
+        for conv in last:
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
+    return net
+
+
+def build_unet(preset, in_channels, out_channels, image_size, init='default', **overrides):
+    """A UNet from a preset name ('paper', 'small', 'tiny', 'tiny_s2d'); `overrides` replace preset values; `init`
+    one of INITS (init_weights)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset '{preset}' (choose from {', '.join(PRESETS)})")
     cfg = {**PRESETS[preset], **overrides}
-    return UNet(in_channels, out_channels, image_size=image_size, **cfg)
+    return init_weights(UNet(in_channels, out_channels, image_size=image_size, **cfg), init)

@@ -191,3 +191,24 @@ def test_tiny_s2d_runs_at_half_resolution_and_returns_full_resolution():
     assert all(x.grad[:, :, i::2, j::2].abs().sum() > 0 for i in (0, 1) for j in (0, 1))
     with pytest.raises(ValueError, match='divisible by 8'):
         m(torch.randn(1, 6, 60, 60), torch.rand(1))
+
+
+def test_init_schemes():
+    """--init: 'orthogonal' (SR3) makes every conv / linear weight orthogonal (rows or columns orthonormal) with zero
+    biases; 'zero' (ADM) starts every residual branch and the output at 0, so the net predicts exactly 0."""
+    torch.manual_seed(0)
+    m = unet.build_unet('tiny', 6, 3, 16, init='orthogonal')
+    for mod in m.modules():
+        if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)):
+            w = mod.weight.flatten(1).double()
+            gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
+            assert torch.allclose(gram, torch.eye(len(gram), dtype=gram.dtype), atol=1e-5)
+            assert mod.bias is None or not mod.bias.any()
+    z = unet.build_unet('tiny', 6, 3, 16, init='zero')
+    x, g = torch.randn(2, 6, 16, 16), torch.rand(2)
+    assert not z(x, g).any()
+    block = next(mod for mod in z.modules() if isinstance(mod, unet.ResBlock) and isinstance(mod.skip, torch.nn.Identity))
+    h = torch.randn(2, block.block1[-1].in_channels, 8, 8)
+    assert torch.equal(block(h, torch.randn(2, 16)), h)  # the identity at the start
+    with pytest.raises(ValueError, match='init must be one of'):
+        unet.build_unet('tiny', 6, 3, 16, init='xavier')
