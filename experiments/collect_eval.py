@@ -20,7 +20,8 @@ import torch
 SCORES = ('psnr ssim consistency flat_noise grid_texture bicubic_psnr bicubic_ssim bicubic_consistency '
           'bicubic_flat_noise bicubic_grid_texture input_psnr input_ssim').split()
 COLUMNS = ['label', 'seed', 'step', 'train_s', 'sampler', 'steps', 'temperature', 'n', *SCORES,
-           *'pred residual noise_cond project norm_groups upsample dream_p batch_size lr lr_schedule warmup'.split(),
+           *('model loss init pred residual noise_cond project norm_groups upsample dream_p batch_size lr lr_schedule '
+             'warmup').split(),
            'run']
 
 
@@ -48,8 +49,8 @@ def eval_rows(run, label, every=False):
         out.append(dict(label=label, seed=args['seed'], step=ev['step'], train_s=train_s,
                         sampler=sampler_of(args['task']), steps=ev.get('eval_steps', ''),
                         temperature=args.get('temperature', 1.0) if args['task'].startswith('sr') else '',
-                        n=args['eval_n'], **scores,
-                        pred=args.get('pred', 'eps'), residual=args.get('residual', False),
+                        n=args['eval_n'], **scores, model=args['model'], loss=args.get('loss', 'l1'),
+                        init=args.get('init', 'default'), pred=args.get('pred', 'eps'), residual=args.get('residual', False),
                         noise_cond=args.get('noise_cond', 'gamma'), project=args.get('project', False),
                         norm_groups=args.get('norm_groups'), upsample=args.get('upsample', 'nearest'),
                         dream_p=args['dream_p'] if args.get('dream') else '', batch_size=args['batch_size'],

@@ -1,8 +1,20 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures, and the thread budget of pytest-xdist workers."""
+import os
 import sys
 
 import pytest
 import torch
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (`-n N`, the README's test command) each worker gets its share of the cores, for torch here
+    and, through OMP_NUM_THREADS, for the subprocesses the tests start: N workers with every core each would fight."""
+    workers = os.environ.get('PYTEST_XDIST_WORKER_COUNT')
+    if workers:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+        share = max(1, cores // int(workers))
+        os.environ['OMP_NUM_THREADS'] = str(share)
+        torch.set_num_threads(share)
 
 
 @pytest.fixture
