@@ -28,7 +28,7 @@ PRESETS = {
                   groups=8),  # 8.5M
     'tiny': dict(channels=16, channel_mults=(1, 2, 4), num_res_blocks=1, attn_resolutions=(), dropout=0.0,
                  groups=8),  # 0.6M
-    # tiny_s2d (ours, for the CPU quick start): space-to-depth instead of tiny's 64x64 level. The input's 2x2 pixel
+    # tiny_s2d (ours, tried for the CPU quick start): space-to-depth instead of tiny's 64x64 level. The input's 2x2 pixel
     # blocks become channels (pixel_unshuffle), the UNet runs from H/2 down to H/8, and its output's channels are put
     # back into 2x2 blocks (pixel_shuffle). Most of a tiny step is spent in its 16-channel full-resolution convolutions
     # (slow per FLOP on a CPU); a quick-start step takes 0.68x tiny's. Measured on the quick start: it learns
@@ -109,9 +109,9 @@ class UNet(nn.Module):
                  upsample='nearest', unshuffle=1):
         super().__init__()
         self.grad_checkpoint = grad_checkpoint
-        self.unshuffle = unshuffle
-        in_channels, out_channels, image_size = in_channels * unshuffle ** 2, out_channels * unshuffle ** 2, \
-            image_size // unshuffle
+        self.unshuffle = unshuffle  # > 1: the net runs on pixel_unshuffle(x), its output is pixel-shuffled back
+        in_channels, out_channels = in_channels * unshuffle ** 2, out_channels * unshuffle ** 2
+        image_size //= unshuffle
         emb_dim = channels
         self.noise_mlp = nn.Sequential(nn.Linear(channels, 4 * channels), nn.SiLU(), nn.Linear(4 * channels, channels))
         self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)

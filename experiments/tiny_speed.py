@@ -4,7 +4,8 @@ flags: residual, v, batch 8) under each lever, timed alone in one run -> a CSV (
     python experiments/tiny_speed.py --data data/faces_16_64 --out results/tiny_speed.csv
 
 Levers: channels_last, torch.compile (inductor on CPU, compile time excluded), mkldnn convolutions off, batch 4,
-one thread, and the `tiny_s2d` preset (space-to-depth in place of tiny's 64x64 level). Run it with nothing else on the machine: it reports seconds, and ratios to the default row.
+one thread, and the `tiny_s2d` preset (space-to-depth in place of tiny's 64x64 level). Run it with nothing else on
+the machine: it reports seconds, and ratios to the default row.
 """
 import argparse
 import csv

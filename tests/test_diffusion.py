@@ -207,7 +207,8 @@ def test_init_schemes():
     z = unet.build_unet('tiny', 6, 3, 16, init='zero')
     x, g = torch.randn(2, 6, 16, 16), torch.rand(2)
     assert not z(x, g).any()
-    block = next(mod for mod in z.modules() if isinstance(mod, unet.ResBlock) and isinstance(mod.skip, torch.nn.Identity))
+    block = next(mod for mod in z.modules()
+                 if isinstance(mod, unet.ResBlock) and isinstance(mod.skip, torch.nn.Identity))
     h = torch.randn(2, block.block1[-1].in_channels, 8, 8)
     assert torch.equal(block(h, torch.randn(2, 16)), h)  # the identity at the start
     with pytest.raises(ValueError, match='init must be one of'):

@@ -201,5 +201,6 @@ def test_sr_options_are_saved_and_rebuilt_and_resume_refuses_others(srdata, tmp_
         train.main(FAST + ['--data', srdata, '--out', str(out), '--max-iters', '8', '--resume'])
     assert 'was trained with --upsample bilinear, not nearest' in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        train.main(FAST + ['--data', srdata, '--out', str(out), '--max-iters', '8', '--resume', '--upsample', 'bilinear'])
+        train.main(FAST + ['--data', srdata, '--out', str(out), '--max-iters', '8', '--resume',
+                           '--upsample', 'bilinear'])
     assert 'was trained with --pred v, not eps' in capsys.readouterr().err
