@@ -9,9 +9,9 @@ shift || true
 t0=$(date +%s.%N)
 python data.py prepare ../shared/data/faces data/faces_16_64 --lr 16 --hr 64 --val 100
 t1=$(date +%s.%N)
-python train.py --task sr16_64 --data data/faces_16_64 --model tiny --batch-size 8 --lr 1e-3 \
-    --max-iters 1200 --eval-every 1200 --eval-n 100 --eval-steps 100 \
-    --residual --pred v --project --dream --temperature 0.6 --init orthogonal --out runs/quick "$@"
+python train.py --task sr16_64 --data data/faces_16_64 --model tiny --batch-size 4 --lr 1e-3 \
+    --max-iters 2100 --eval-every 2100 --eval-n 100 --eval-steps 100 --init orthogonal \
+    --residual --pred v --project --project-smooth 10 --dream --temperature 0.6 --out runs/quick "$@"
 t2=$(date +%s.%N)
 python - "$t0" "$t1" "$t2" "$out" "$*" <<'PY'
 import sys
