@@ -20,8 +20,8 @@ import torch
 SCORES = ('psnr ssim consistency flat_noise grid_texture bicubic_psnr bicubic_ssim bicubic_consistency '
           'bicubic_flat_noise bicubic_grid_texture input_psnr input_ssim').split()
 COLUMNS = ['label', 'seed', 'step', 'train_s', 'sampler', 'steps', 'temperature', 'n', *SCORES,
-           *('model loss init pred residual noise_cond project norm_groups upsample dream_p batch_size lr lr_schedule '
-             'warmup').split(),
+           *('model loss init pred residual noise_cond project project_smooth norm_groups upsample dream_p batch_size '
+             'lr lr_schedule warmup').split(),
            'run']
 
 
@@ -53,6 +53,7 @@ def eval_rows(run, label, every=False):
                         init=args.get('init', 'default'), pred=args.get('pred', 'eps'),
                         residual=args.get('residual', False),
                         noise_cond=args.get('noise_cond', 'gamma'), project=args.get('project', False),
+                        project_smooth=args.get('project_smooth', 0.0),
                         norm_groups=args.get('norm_groups'), upsample=args.get('upsample', 'nearest'),
                         dream_p=args['dream_p'] if args.get('dream') else '', batch_size=args['batch_size'],
                         lr=args['lr'], lr_schedule=args.get('lr_schedule', 'constant'), warmup=args.get('warmup', 0),

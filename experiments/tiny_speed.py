@@ -1,10 +1,11 @@
 """Where the quick start's training step could get faster on this CPU: one `tiny` sr16_64 DREAM step (the quick-start
-flags: residual, v, batch 8) under each lever, timed alone in one run -> a CSV (median of rounds, with min-max).
+flags: residual, v; batch 8 as in the v3 quick start, which now uses batch 4) under each lever, timed alone in one
+run -> a CSV (median of rounds, with min-max).
 
     python experiments/tiny_speed.py --data data/faces_16_64 --out results/tiny_speed.csv
 
-Levers: channels_last, torch.compile (inductor on CPU, compile time excluded), mkldnn convolutions off, batch 4,
-one thread, and the `tiny_s2d` preset (space-to-depth in place of tiny's 64x64 level). Run it with nothing else on
+Levers: channels_last, torch.compile (inductor on CPU, compile time excluded), mkldnn convolutions off, batch 4 and
+2, one thread, and the `tiny_s2d` preset (space-to-depth in place of tiny's 64x64 level). Run it with nothing else on
 the machine: it reports seconds, and ratios to the default row.
 """
 import argparse
@@ -70,10 +71,12 @@ def main():
     a = train.get_args(QUICK + ['--data', args.data])
     data = datasets(a)[0]
     b4 = train.get_args(QUICK + ['--data', args.data, '--batch-size', '4'])
+    b2 = train.get_args(QUICK + ['--data', args.data, '--batch-size', '2'])
     s2d = train.get_args(QUICK + ['--data', args.data, '--model', 'tiny_s2d'])
     levers = [(f'default (fp32, {torch.get_num_threads()} threads)', a, {}),
               ('channels_last', a, dict(channels_last=True)),
-              ('mkldnn off', a, dict(mkldnn=False)), ('batch 4', b4, {}), ('one thread', a, dict(threads=1)),
+              ('mkldnn off', a, dict(mkldnn=False)), ('batch 4', b4, {}), ('batch 2', b2, {}),
+              ('one thread', a, dict(threads=1)),
               ('one thread, batch 4', b4, dict(threads=1)), ('tiny_s2d preset', s2d, {})]
     if not args.no_compile:
         levers.insert(2, ('torch.compile', a, dict(compile_=True)))
