@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# "Does DREAM hold up?" again, in the regime of the v4 quick start (the README's CPU quick start: tiny, sr16_64,
+# residual + v + projection (smooth 10), orthogonal init, Adam 1e-3, batch 4, 2100 iterations, temperature 0.6),
+# where the samples carry no visible speckle; experiments/dream_retest.sh did the same in the v1 regime (Adam 5e-4,
+# batch 8, default init, temperature 1), whose samples still did.
+#
+#   bash experiments/dream_retest_v4.sh train SEED..      standard and DREAM p=1 for each seed
+#   bash experiments/dream_retest_v4.sh train-p SEED..    the p sweep (p = 0 / 0.5 / 2) for each seed
+#   bash experiments/dream_retest_v4.sh cost              the cost of an iteration of each, alone on the machine
+#   bash experiments/dream_retest_v4.sh report            steps sweep, results files, tables and plots
+#
+# Run from the repository root after `python data.py prepare ../shared/data/faces data/faces_16_64 --lr 16 --hr 64
+# --val 100`. Each training run checkpoints at every evaluation, so a stopped call continues where it stopped (a
+# finished run is skipped). Two lanes at one thread each (OMP_NUM_THREADS=1), e.g. `train 0` beside `train 1`: quality
+# per iteration does not depend on the load; seconds come from `cost`, run with nothing else on the machine.
+set -euo pipefail
+D=data/faces_16_64
+R=runs/dream_v4
+C="--task sr16_64 --data $D --model tiny --batch-size 4 --lr 1e-3 --max-iters 2100 --init orthogonal
+   --residual --pred v --project --project-smooth 10 --temperature 0.6
+   --eval-every 350 --ckpt-every 350 --eval-n 32 --eval-steps 50"
+
+finished() {  # the run in $1 logged its evaluation at the last iteration
+  [ -f "$1/log.jsonl" ] && python -c "import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+sys.exit(0 if any(r.get('eval') and r['step'] == 2100 for r in rows) else 1)" "$1/log.jsonl"
+}
+
+train_one() {  # OUT, extra flags
+  local out=$1; shift
+  if finished "$out"; then echo "$out: done"; return; fi
+  if [ -f "$out/ckpt.pt" ]; then python train.py $C "$@" --out "$out" --resume
+  else python train.py $C "$@" --out "$out" --overwrite; fi
+}
+
+case "${1:-}" in
+  train)
+    shift
+    for s in "$@"; do
+      train_one $R/std_s$s --seed $s
+      train_one $R/dream_s$s --seed $s --dream
+    done ;;
+  train-p)
+    shift
+    for s in "$@"; do
+      for p in 0 0.5 2; do train_one $R/p${p/./}_s$s --seed $s --dream --dream-p $p; done
+    done ;;
+  cost)
+    T="--task sr16_64 --data $D --model tiny --batch-size 4 --lr 1e-3 --max-iters 200 --eval-every 200 --eval-n 2
+       --eval-steps 2 --overwrite --init orthogonal --residual --pred v --project"
+    python train.py $T --out $R/t_std
+    python train.py $T --dream --out $R/t_dream
+    python experiments/collect_eval.py --runs $R/t_std $R/t_dream --labels standard DREAM \
+      --out results/dream_v4_cost.csv ;;
+  report)
+    runs=(); labels=()
+    for s in 0 1 2; do
+      runs+=($R/std_s$s $R/p0_s$s $R/p05_s$s $R/dream_s$s $R/p2_s$s)
+      labels+=(standard "DREAM p=0" "DREAM p=0.5" "DREAM p=1" "DREAM p=2")
+    done
+    python experiments/collect_eval.py --all --out results/dream_v4_p_sweep.csv --runs "${runs[@]}" \
+      --labels "${labels[@]}"
+    python experiments/collect_eval.py --all --out results/dream_v4_curves.csv \
+      --runs $R/std_s0 $R/std_s1 $R/std_s2 $R/dream_s0 $R/dream_s1 $R/dream_s2 \
+      --labels standard standard standard "DREAM p=1" "DREAM p=1" "DREAM p=1"
+    # metric vs sampling steps: DDPM and DDIM at 2..200 steps, DDPM 500 and 2000 (the paper's), every seed, at the
+    # regime's temperature 0.6; the first 16 held-out faces, one sampling seed for every point
+    S="--sweep steps --data $D --n 16 --batch-size 16"
+    for s in 0 1 2; do
+      python experiments/sweep.py $S --runs $R/std_s$s $R/dream_s$s --labels standard DREAM_p=1 \
+        --steps 2 5 10 20 50 100 200 --sampler ddpm ddim --out results/dream_v4_steps_short_s$s
+      python experiments/sweep.py $S --runs $R/std_s$s $R/dream_s$s --labels standard DREAM_p=1 --steps 500 2000 \
+        --sampler ddpm --out results/dream_v4_steps_long_s$s
+    done
+    { cat results/dream_v4_steps_short_s0.csv
+      tail -q -n +2 results/dream_v4_steps_short_s1.csv results/dream_v4_steps_short_s2.csv \
+        results/dream_v4_steps_long_s[012].csv; } | sed 's/DREAM_p=1/DREAM p=1/' > results/dream_v4_steps.csv
+    python experiments/dream_report.py --curves results/dream_v4_curves.csv --steps results/dream_v4_steps.csv \
+      --cost results/dream_v4_cost.csv --out results/dream_v4
+    python experiments/dream_report.py --curves results/dream_v4_p_sweep.csv --cost results/dream_v4_cost.csv \
+      --out results/dream_v4_p ;;
+  *)
+    echo "usage: bash experiments/dream_retest_v4.sh train SEED.. | train-p SEED.. | cost | report" >&2
+    exit 2 ;;
+esac
