@@ -28,9 +28,9 @@ PRESETS = {
                   groups=8),  # 8.5M
     'tiny': dict(channels=16, channel_mults=(1, 2, 4), num_res_blocks=1, attn_resolutions=(), dropout=0.0,
                  groups=8),  # 0.6M
-    # tiny_s2d (ours, tried for the CPU quick start): space-to-depth instead of tiny's 64x64 level. The input's 2x2 pixel
-    # blocks become channels (pixel_unshuffle), the UNet runs from H/2 down to H/8, and its output's channels are put
-    # back into 2x2 blocks (pixel_shuffle). Most of a tiny step is spent in its 16-channel full-resolution convolutions
+    # tiny_s2d (ours, tried for the CPU quick start): space-to-depth instead of tiny's 64x64 level. The input's 2x2
+    # pixel blocks become channels (pixel_unshuffle), the UNet runs from H/2 down to H/8, and its output's channels are
+    # put back into 2x2 blocks (pixel_shuffle). Most of a tiny step is spent in its 16-channel full-resolution convolutions
     # (slow per FLOP on a CPU); a quick-start step takes 0.68x tiny's. Measured on the quick start: it learns
     # far less per step (3000 of its steps score below 1500 of tiny's; README "CPU quick start"), so tiny stays.
     'tiny_s2d': dict(channels=32, channel_mults=(1, 2, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0,

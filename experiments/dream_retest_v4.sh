@@ -16,14 +16,15 @@
 set -euo pipefail
 D=data/faces_16_64
 R=runs/dream_v4
-C="--task sr16_64 --data $D --model tiny --batch-size 4 --lr 1e-3 --max-iters 2100 --init orthogonal
+ITERS=2100
+C="--task sr16_64 --data $D --model tiny --batch-size 4 --lr 1e-3 --max-iters $ITERS --init orthogonal
    --residual --pred v --project --project-smooth 10 --temperature 0.6
    --eval-every 350 --ckpt-every 350 --eval-n 32 --eval-steps 50"
 
 finished() {  # the run in $1 logged its evaluation at the last iteration
   [ -f "$1/log.jsonl" ] && python -c "import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-sys.exit(0 if any(r.get('eval') and r['step'] == 2100 for r in rows) else 1)" "$1/log.jsonl"
+sys.exit(0 if any(r.get('eval') and r['step'] == int(sys.argv[2]) for r in rows) else 1)" "$1/log.jsonl" $ITERS
 }
 
 train_one() {  # OUT, extra flags

@@ -1,6 +1,6 @@
 """Where the quick start's training step could get faster on this CPU: one `tiny` sr16_64 DREAM step (the quick-start
-flags: residual, v; batch 8 as in the v3 quick start, which now uses batch 4) under each lever, timed alone in one
-run -> a CSV (median of rounds, with min-max).
+flags: residual, v; batch 8, as up to the v3 quick start; v4 uses the batch-4 row) under each lever, timed alone in
+one run -> a CSV (median of rounds, with min-max).
 
     python experiments/tiny_speed.py --data data/faces_16_64 --out results/tiny_speed.csv
 
