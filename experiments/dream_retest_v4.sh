@@ -7,7 +7,8 @@
 #   bash experiments/dream_retest_v4.sh train SEED..      standard and DREAM p=1 for each seed
 #   bash experiments/dream_retest_v4.sh train-p SEED..    the p sweep (p = 0 / 0.5 / 2) for each seed
 #   bash experiments/dream_retest_v4.sh cost              the cost of an iteration of each, alone on the machine
-#   bash experiments/dream_retest_v4.sh report            steps sweep, results files, tables and plots
+#   bash experiments/dream_retest_v4.sh steps SEED..      metric vs sampling steps of standard and DREAM p=1
+#   bash experiments/dream_retest_v4.sh report            results files, tables and plots (runs `steps` where missing)
 #
 # Run from the repository root after `python data.py prepare ../shared/data/faces data/faces_16_64 --lr 16 --hr 64
 # --val 100`. Each training run checkpoints at every evaluation, so a stopped call continues where it stopped (a
@@ -34,6 +35,17 @@ train_one() {  # OUT, extra flags
   else python train.py $C "$@" --out "$out" --overwrite; fi
 }
 
+steps_one() {  # metric vs sampling steps for one seed: DDPM and DDIM at 2..200 steps, DDPM at 500 and 2000
+  # (the paper's), at the regime's temperature 0.6; the first 16 held-out faces, one sampling seed for every point
+  local s=$1 S="--sweep steps --data $D --n 16 --batch-size 16"
+  local runs="$R/std_s$s $R/dream_s$s"
+  for r in $runs; do finished $r || { echo "$r: not finished" >&2; exit 1; }; done
+  [ -f results/dream_v4_steps_short_s$s.csv ] || python experiments/sweep.py $S --runs $runs \
+    --labels standard DREAM_p=1 --steps 2 5 10 20 50 100 200 --sampler ddpm ddim --out results/dream_v4_steps_short_s$s
+  [ -f results/dream_v4_steps_long_s$s.csv ] || python experiments/sweep.py $S --runs $runs \
+    --labels standard DREAM_p=1 --steps 500 2000 --sampler ddpm --out results/dream_v4_steps_long_s$s
+}
+
 case "${1:-}" in
   train)
     shift
@@ -53,26 +65,23 @@ case "${1:-}" in
     python train.py $T --dream --out $R/t_dream
     python experiments/collect_eval.py --runs $R/t_std $R/t_dream --labels standard DREAM \
       --out results/dream_v4_cost.csv ;;
+  steps)
+    shift
+    for s in "$@"; do steps_one $s; done ;;
   report)
     runs=(); labels=()
-    for s in 0 1 2; do
-      runs+=($R/std_s$s $R/p0_s$s $R/p05_s$s $R/dream_s$s $R/p2_s$s)
-      labels+=(standard "DREAM p=0" "DREAM p=0.5" "DREAM p=1" "DREAM p=2")
+    for s in 0 1 2; do  # the p sweep takes the runs that have finished, and says which have not
+      for rl in "std_s$s:standard" "p0_s$s:DREAM p=0" "p05_s$s:DREAM p=0.5" "dream_s$s:DREAM p=1" "p2_s$s:DREAM p=2"; do
+        if finished $R/${rl%%:*}; then runs+=($R/${rl%%:*}); labels+=("${rl#*:}")
+        else echo "p sweep: $R/${rl%%:*} not finished, left out" >&2; fi
+      done
     done
     python experiments/collect_eval.py --all --out results/dream_v4_p_sweep.csv --runs "${runs[@]}" \
       --labels "${labels[@]}"
     python experiments/collect_eval.py --all --out results/dream_v4_curves.csv \
       --runs $R/std_s0 $R/std_s1 $R/std_s2 $R/dream_s0 $R/dream_s1 $R/dream_s2 \
       --labels standard standard standard "DREAM p=1" "DREAM p=1" "DREAM p=1"
-    # metric vs sampling steps: DDPM and DDIM at 2..200 steps, DDPM 500 and 2000 (the paper's), every seed, at the
-    # regime's temperature 0.6; the first 16 held-out faces, one sampling seed for every point
-    S="--sweep steps --data $D --n 16 --batch-size 16"
-    for s in 0 1 2; do
-      python experiments/sweep.py $S --runs $R/std_s$s $R/dream_s$s --labels standard DREAM_p=1 \
-        --steps 2 5 10 20 50 100 200 --sampler ddpm ddim --out results/dream_v4_steps_short_s$s
-      python experiments/sweep.py $S --runs $R/std_s$s $R/dream_s$s --labels standard DREAM_p=1 --steps 500 2000 \
-        --sampler ddpm --out results/dream_v4_steps_long_s$s
-    done
+    for s in 0 1 2; do steps_one $s; done
     { cat results/dream_v4_steps_short_s0.csv
       tail -q -n +2 results/dream_v4_steps_short_s1.csv results/dream_v4_steps_short_s2.csv \
         results/dream_v4_steps_long_s[012].csv; } | sed 's/DREAM_p=1/DREAM p=1/' > results/dream_v4_steps.csv
@@ -81,6 +90,6 @@ case "${1:-}" in
     python experiments/dream_report.py --curves results/dream_v4_p_sweep.csv --cost results/dream_v4_cost.csv \
       --out results/dream_v4_p ;;
   *)
-    echo "usage: bash experiments/dream_retest_v4.sh train SEED.. | train-p SEED.. | cost | report" >&2
+    echo "usage: bash experiments/dream_retest_v4.sh train SEED.. | train-p SEED.. | cost | steps SEED.. | report" >&2
     exit 2 ;;
 esac
