@@ -6,6 +6,7 @@
 #
 #   bash experiments/dream_retest_v4.sh train SEED..      standard and DREAM p=1 for each seed
 #   bash experiments/dream_retest_v4.sh train-p SEED..    the p sweep (p = 0 / 0.5 / 2) for each seed
+#                                                         (P="0" ... runs only those p values)
 #   bash experiments/dream_retest_v4.sh cost              the cost of an iteration of each, alone on the machine
 #   bash experiments/dream_retest_v4.sh steps SEED..      metric vs sampling steps of standard and DREAM p=1
 #   bash experiments/dream_retest_v4.sh report            results files, tables and plots (runs `steps` where missing)
@@ -56,7 +57,7 @@ case "${1:-}" in
   train-p)
     shift
     for s in "$@"; do
-      for p in 0 0.5 2; do train_one $R/p${p/./}_s$s --seed $s --dream --dream-p $p; done
+      for p in ${P:-0 0.5 2}; do train_one $R/p${p/./}_s$s --seed $s --dream --dream-p $p; done
     done ;;
   cost)
     T="--task sr16_64 --data $D --model tiny --batch-size 4 --lr 1e-3 --max-iters 200 --eval-every 200 --eval-n 2
