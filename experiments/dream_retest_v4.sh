@@ -37,12 +37,18 @@ train_one() {  # OUT, extra flags
 }
 
 steps_one() {  # metric vs sampling steps for one seed: DDPM and DDIM at 2..200 steps, DDPM at 500 and 2000
-  # (the paper's), at the regime's temperature 0.6; the first 16 held-out faces, one sampling seed for every point
+  # (the paper's), at the regime's temperature 0.6; the first 16 held-out faces, one sampling seed for every point.
+  # A sweep writes its PNG last, after its final row: a sweep without one is (re)done
   local s=$1 S="--sweep steps --data $D --n 16 --batch-size 16"
   local runs="$R/std_s$s $R/dream_s$s"
   for r in $runs; do finished $r || { echo "$r: not finished" >&2; exit 1; }; done
   [ -f results/dream_v4_steps_short_s$s.csv ] || python experiments/sweep.py $S --runs $runs \
     --labels standard DREAM_p=1 --steps 2 5 10 20 50 100 200 --sampler ddpm ddim --out results/dream_v4_steps_short_s$s
+  # the same few-step DDPM at temperature 1 (DDPM as written, the paper's sampler): 0.6 with < 50 DDPM steps leaves
+  # more noise, not less (README "What made it work"), which would handicap both models at the short end
+  [ -f results/dream_v4_steps_t1_s$s.csv ] || python experiments/sweep.py $S --runs $runs \
+    --labels standard DREAM_p=1 --steps 2 5 10 20 50 100 200 --sampler ddpm --temperature 1 \
+    --out results/dream_v4_steps_t1_s$s
   [ -f results/dream_v4_steps_long_s$s.csv ] || python experiments/sweep.py $S --runs $runs \
     --labels standard DREAM_p=1 --steps 500 2000 --sampler ddpm --out results/dream_v4_steps_long_s$s
 }
@@ -88,6 +94,10 @@ case "${1:-}" in
         results/dream_v4_steps_long_s[012].csv; } | sed 's/DREAM_p=1/DREAM p=1/' > results/dream_v4_steps.csv
     python experiments/dream_report.py --curves results/dream_v4_curves.csv --steps results/dream_v4_steps.csv \
       --cost results/dream_v4_cost.csv --out results/dream_v4
+    { cat results/dream_v4_steps_t1_s0.csv; tail -q -n +2 results/dream_v4_steps_t1_s[12].csv; } \
+      | sed 's/DREAM_p=1/DREAM p=1/' > results/dream_v4_steps_t1.csv
+    python experiments/dream_report.py --curves results/dream_v4_curves.csv --steps results/dream_v4_steps_t1.csv \
+      --cost results/dream_v4_cost.csv --out results/dream_v4_t1
     python experiments/dream_report.py --curves results/dream_v4_p_sweep.csv --cost results/dream_v4_cost.csv \
       --out results/dream_v4_p ;;
   *)
