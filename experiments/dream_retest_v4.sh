@@ -42,14 +42,14 @@ steps_one() {  # metric vs sampling steps for one seed: DDPM and DDIM at 2..200 
   local s=$1 S="--sweep steps --data $D --n 16 --batch-size 16"
   local runs="$R/std_s$s $R/dream_s$s"
   for r in $runs; do finished $r || { echo "$r: not finished" >&2; exit 1; }; done
-  [ -f results/dream_v4_steps_short_s$s.csv ] || python experiments/sweep.py $S --runs $runs \
+  [ -f results/dream_v4_steps_short_s$s.png ] || python experiments/sweep.py $S --runs $runs \
     --labels standard DREAM_p=1 --steps 2 5 10 20 50 100 200 --sampler ddpm ddim --out results/dream_v4_steps_short_s$s
   # the same few-step DDPM at temperature 1 (DDPM as written, the paper's sampler): 0.6 with < 50 DDPM steps leaves
   # more noise, not less (README "What made it work"), which would handicap both models at the short end
-  [ -f results/dream_v4_steps_t1_s$s.csv ] || python experiments/sweep.py $S --runs $runs \
+  [ -f results/dream_v4_steps_t1_s$s.png ] || python experiments/sweep.py $S --runs $runs \
     --labels standard DREAM_p=1 --steps 2 5 10 20 50 100 200 --sampler ddpm --temperature 1 \
     --out results/dream_v4_steps_t1_s$s
-  [ -f results/dream_v4_steps_long_s$s.csv ] || python experiments/sweep.py $S --runs $runs \
+  [ -f results/dream_v4_steps_long_s$s.png ] || python experiments/sweep.py $S --runs $runs \
     --labels standard DREAM_p=1 --steps 500 2000 --sampler ddpm --out results/dream_v4_steps_long_s$s
 }
 
