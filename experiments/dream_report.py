@@ -12,7 +12,8 @@ label is the longest prefix of its own ("DREAM" serves "DREAM p=0"). The standar
 Writes OUT_curves.png (PSNR / SSIM vs iteration and vs seconds, mean with min-max bars), OUT_steps.png (vs sampling
 steps) and OUT_claims.csv (one row per claim and method), and prints the markdown tables the README quotes:
 final metrics per method (mean +- std, min-max, seeds), claim (a): iterations and seconds to reach the standard
-model's final mean PSNR / SSIM (the paper: 2-3x fewer for DREAM), claim (b): the fewest sampling steps at which a
+model's final mean PSNR / SSIM (the paper: 2-3x fewer for DREAM), each method at the standard model's final
+wall-clock (equal time), claim (b): the fewest sampling steps at which a
 method's mean reaches the standard model's best mean over steps (the paper: 10-20x fewer).
 """
 import argparse
@@ -109,6 +110,31 @@ def claim_a(curves, last, labels, standard, cost):
                                iters_max=max(reached, default=''), s_per_iter=s_per or '',
                                seconds_mean=mean_its * s_per if mean_its and s_per else ''))
         lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines), claims
+
+
+def equal_time(curves, last, labels, standard, cost):
+    """Each method at the standard model's final wall-clock: its latest evaluation whose seconds (iterations x the
+    alone-timed cost) do not exceed the standard runs' final seconds; mean and spread over seeds."""
+    if standard not in cost:
+        return None, []
+    budget = max(r['step'] for (lab, _), r in last.items() if lab == standard) * cost[standard]
+    lines = [f"| method | iterations within {budget:.0f} s | seconds | PSNR (dB) | SSIM |", '|---|---|---|---|---|']
+    claims = []
+    for label in labels:
+        if label not in cost:
+            continue
+        its = max((r['step'] for r in curves if r['label'] == label and r['step'] * cost[label] <= budget + 1e-9),
+                  default=None)
+        rs = [r for r in curves if r['label'] == label and r['step'] == its]
+        if not rs:
+            continue
+        lines.append(f"| {label} | {its} | {its * cost[label]:.0f} | {fmt([r['psnr'] for r in rs], 2)} | "
+                     f"{fmt([r['ssim'] for r in rs], 3)} |")
+        for m in METRICS:
+            claims.append(dict(claim='equal_time', metric=m, target=round(budget, 1), label=label, seeds=len(rs),
+                               iters_mean=its, s_per_iter=cost[label], seconds_mean=its * cost[label],
+                               value_mean=statistics.fmean(r[m] for r in rs)))
     return '\n'.join(lines), claims
 
 
@@ -219,6 +245,11 @@ def main(argv=None):
     ta, claims = claim_a(curves, last, labels, a.standard, cost)
     print("Claim (a), iterations / seconds to the standard model's final mean (first evaluation that reaches it; "
           'mean ± std (min–max) over the seeds that reach it):\n\n' + ta + '\n')
+    te, ce = equal_time(curves, last, labels, a.standard, cost)
+    if te:
+        print("At equal wall-clock: each method's latest evaluation within the standard model's final seconds "
+              '(iterations x the alone-timed cost; mean ± std (min–max) over seeds):\n\n' + te + '\n')
+        claims += ce
     plot_curves(curves, labels, cost, a.out + '_curves.png')
     if a.steps:
         steps_rows = read(a.steps)
