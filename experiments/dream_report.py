@@ -13,8 +13,8 @@ Writes OUT_curves.png (PSNR / SSIM vs iteration and vs seconds, mean with min-ma
 steps) and OUT_claims.csv (one row per claim and method), and prints the markdown tables the README quotes:
 final metrics per method (mean +- std, min-max, seeds), claim (a): iterations and seconds to reach the standard
 model's final mean PSNR / SSIM (the paper: 2-3x fewer for DREAM), each method at the standard model's final
-wall-clock (equal time), claim (b): the fewest sampling steps at which a
-method's mean reaches the standard model's best mean over steps (the paper: 10-20x fewer).
+wall-clock (equal time), claim (b): the fewest sampling steps at which a method's mean reaches the standard model's
+best mean over steps (the paper: 10-20x fewer).
 """
 import argparse
 import csv

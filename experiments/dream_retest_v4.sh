@@ -53,6 +53,11 @@ steps_one() {  # metric vs sampling steps for one seed: DDPM and DDIM at 2..200 
     --labels standard DREAM_p=1 --steps 500 2000 --sampler ddpm --out results/dream_v4_steps_long_s$s
 }
 
+merge() {  # OUT CSV..: one CSV with the first file's header; sweep labels can't hold spaces, the README's do
+  local out=$1; shift
+  { head -n 1 "$1"; tail -q -n +2 "$@"; } | sed 's/DREAM_p=1/DREAM p=1/' > "$out"
+}
+
 case "${1:-}" in
   train)
     shift
@@ -79,8 +84,9 @@ case "${1:-}" in
     runs=(); labels=()
     for s in 0 1 2; do  # the p sweep takes the runs that have finished, and says which have not
       for rl in "std_s$s:standard" "p0_s$s:DREAM p=0" "p05_s$s:DREAM p=0.5" "dream_s$s:DREAM p=1" "p2_s$s:DREAM p=2"; do
-        if finished $R/${rl%%:*}; then runs+=($R/${rl%%:*}); labels+=("${rl#*:}")
-        else echo "p sweep: $R/${rl%%:*} not finished, left out" >&2; fi
+        run=$R/${rl%%:*} label=${rl#*:}
+        if finished $run; then runs+=($run); labels+=("$label")
+        else echo "p sweep: $run not finished, left out" >&2; fi
       done
     done
     python experiments/collect_eval.py --all --out results/dream_v4_p_sweep.csv --runs "${runs[@]}" \
@@ -89,13 +95,10 @@ case "${1:-}" in
       --runs $R/std_s0 $R/std_s1 $R/std_s2 $R/dream_s0 $R/dream_s1 $R/dream_s2 \
       --labels standard standard standard "DREAM p=1" "DREAM p=1" "DREAM p=1"
     for s in 0 1 2; do steps_one $s; done
-    { cat results/dream_v4_steps_short_s0.csv
-      tail -q -n +2 results/dream_v4_steps_short_s1.csv results/dream_v4_steps_short_s2.csv \
-        results/dream_v4_steps_long_s[012].csv; } | sed 's/DREAM_p=1/DREAM p=1/' > results/dream_v4_steps.csv
+    merge results/dream_v4_steps.csv results/dream_v4_steps_{short,long}_s[012].csv
     python experiments/dream_report.py --curves results/dream_v4_curves.csv --steps results/dream_v4_steps.csv \
       --cost results/dream_v4_cost.csv --out results/dream_v4
-    { cat results/dream_v4_steps_t1_s0.csv; tail -q -n +2 results/dream_v4_steps_t1_s[12].csv; } \
-      | sed 's/DREAM_p=1/DREAM p=1/' > results/dream_v4_steps_t1.csv
+    merge results/dream_v4_steps_t1.csv results/dream_v4_steps_t1_s[012].csv
     python experiments/dream_report.py --curves results/dream_v4_curves.csv --steps results/dream_v4_steps_t1.csv \
       --cost results/dream_v4_cost.csv --out results/dream_v4_t1
     python experiments/dream_report.py --curves results/dream_v4_p_sweep.csv --cost results/dream_v4_cost.csv \
