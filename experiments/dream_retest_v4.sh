@@ -9,7 +9,7 @@
 #                                                         (P="0" ... runs only those p values)
 #   bash experiments/dream_retest_v4.sh cost              the cost of an iteration of each, alone on the machine
 #   bash experiments/dream_retest_v4.sh steps SEED..      metric vs sampling steps of standard and DREAM p=1
-#   bash experiments/dream_retest_v4.sh report            results files, tables and plots (runs `steps` where missing)
+#   bash experiments/dream_retest_v4.sh report            results files, plots, the tables (results/dream_v4*_report.txt)
 #
 # Run from the repository root after `python data.py prepare ../shared/data/faces data/faces_16_64 --lr 16 --hr 64
 # --val 100`. Each training run checkpoints at every evaluation, so a stopped call continues where it stopped (a
@@ -97,12 +97,12 @@ case "${1:-}" in
     for s in 0 1 2; do steps_one $s; done
     merge results/dream_v4_steps.csv results/dream_v4_steps_{short,long}_s[012].csv
     python experiments/dream_report.py --curves results/dream_v4_curves.csv --steps results/dream_v4_steps.csv \
-      --cost results/dream_v4_cost.csv --out results/dream_v4
+      --cost results/dream_v4_cost.csv --out results/dream_v4 | tee results/dream_v4_report.txt
     merge results/dream_v4_steps_t1.csv results/dream_v4_steps_t1_s[012].csv
     python experiments/dream_report.py --curves results/dream_v4_curves.csv --steps results/dream_v4_steps_t1.csv \
-      --cost results/dream_v4_cost.csv --out results/dream_v4_t1
+      --cost results/dream_v4_cost.csv --out results/dream_v4_t1 | tee results/dream_v4_t1_report.txt
     python experiments/dream_report.py --curves results/dream_v4_p_sweep.csv --cost results/dream_v4_cost.csv \
-      --out results/dream_v4_p ;;
+      --out results/dream_v4_p | tee results/dream_v4_p_report.txt ;;
   *)
     echo "usage: bash experiments/dream_retest_v4.sh train SEED.. | train-p SEED.. | cost | steps SEED.. | report" >&2
     exit 2 ;;
