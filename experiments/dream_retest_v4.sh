@@ -9,7 +9,7 @@
 #                                                         (P="0" ... runs only those p values)
 #   bash experiments/dream_retest_v4.sh cost              the cost of an iteration of each, alone on the machine
 #   bash experiments/dream_retest_v4.sh steps SEED..      metric vs sampling steps of standard and DREAM p=1
-#   bash experiments/dream_retest_v4.sh report            results files, plots, the tables (results/dream_v4*_report.txt)
+#   bash experiments/dream_retest_v4.sh report            results files, plots, tables (results/dream_v4*_report.txt)
 #
 # Run from the repository root after `python data.py prepare ../shared/data/faces data/faces_16_64 --lr 16 --hr 64
 # --val 100`. Each training run checkpoints at every evaluation, so a stopped call continues where it stopped (a
