@@ -7,7 +7,9 @@
 #   bash experiments/dream_retest_v4.sh train SEED..      standard and DREAM p=1 for each seed
 #   bash experiments/dream_retest_v4.sh train-p SEED..    the p sweep (p = 0 / 0.5 / 2) for each seed
 #                                                         (P="0" ... runs only those p values)
+#   bash experiments/dream_retest_v4.sh train-fp32 SEED.. the same in fp32 (where --dtype auto picks bf16)
 #   bash experiments/dream_retest_v4.sh cost              the cost of an iteration of each, alone on the machine
+#                                                         (DTYPE=fp32 ... times fp32 instead of --dtype auto)
 #   bash experiments/dream_retest_v4.sh steps SEED..      metric vs sampling steps of standard and DREAM p=1
 #   bash experiments/dream_retest_v4.sh report            results files, plots, tables (results/dream_v4*_report.txt)
 #
@@ -70,13 +72,20 @@ case "${1:-}" in
     for s in "$@"; do
       for p in ${P:-0 0.5 2}; do train_one $R/p${p/./}_s$s --seed $s --dream --dream-p $p; done
     done ;;
-  cost)
+  train-fp32)  # fp32 twins of `train`, for machines where --dtype auto picks bf16 autocast
+    shift
+    for s in "$@"; do
+      train_one $R/std_s${s}_fp32 --seed $s --dtype fp32
+      train_one $R/dream_s${s}_fp32 --seed $s --dream --dtype fp32
+    done ;;
+  cost)  # DTYPE=fp32 (or bf16) times that dtype instead of the one --dtype auto picks
+    x=${DTYPE:+_$DTYPE}
     T="--task sr16_64 --data $D --model tiny --batch-size 4 --lr 1e-3 --max-iters 200 --eval-every 200 --eval-n 2
-       --eval-steps 2 --overwrite --init orthogonal --residual --pred v --project"
-    python train.py $T --out $R/t_std
-    python train.py $T --dream --out $R/t_dream
-    python experiments/collect_eval.py --runs $R/t_std $R/t_dream --labels standard DREAM \
-      --out results/dream_v4_cost.csv ;;
+       --eval-steps 2 --overwrite --init orthogonal --residual --pred v --project --dtype ${DTYPE:-auto}"
+    python train.py $T --out $R/t_std$x
+    python train.py $T --dream --out $R/t_dream$x
+    python experiments/collect_eval.py --runs $R/t_std$x $R/t_dream$x --labels standard DREAM \
+      --out results/dream_v4_cost$x.csv ;;
   steps)
     shift
     for s in "$@"; do steps_one $s; done ;;
@@ -102,8 +111,27 @@ case "${1:-}" in
     python experiments/dream_report.py --curves results/dream_v4_curves.csv --steps results/dream_v4_steps_t1.csv \
       --cost results/dream_v4_cost.csv --out results/dream_v4_t1 | tee results/dream_v4_t1_report.txt
     python experiments/dream_report.py --curves results/dream_v4_p_sweep.csv --cost results/dream_v4_cost.csv \
-      --out results/dream_v4_p | tee results/dream_v4_p_report.txt ;;
+      --out results/dream_v4_p | tee results/dream_v4_p_report.txt
+    if finished $R/std_s2_fp32 && finished $R/dream_s2_fp32; then  # the fp32 twins, where `train-fp32` ran
+      python experiments/collect_eval.py --all --out results/dream_v4_fp32_curves.csv \
+        --runs $R/std_s{0,1,2}_fp32 $R/dream_s{0,1,2}_fp32 \
+        --labels standard standard standard "DREAM p=1" "DREAM p=1" "DREAM p=1"
+      python experiments/dream_report.py --curves results/dream_v4_fp32_curves.csv \
+        $( [ -f results/dream_v4_cost_fp32.csv ] && echo --cost results/dream_v4_cost_fp32.csv ) \
+        --out results/dream_v4_fp32 | tee results/dream_v4_fp32_report.txt
+      # bf16 minus fp32, paired by seed, for each method (the fp32 run is the `--standard` of each report)
+      python experiments/collect_eval.py --all --out results/dream_v4_dtype.csv \
+        --runs $R/std_s{0,1,2}_fp32 $R/std_s{0,1,2} $R/dream_s{0,1,2}_fp32 $R/dream_s{0,1,2} \
+        --labels "standard, fp32" "standard, fp32" "standard, fp32" "standard, bf16" "standard, bf16" \
+        "standard, bf16" "DREAM p=1, fp32" "DREAM p=1, fp32" "DREAM p=1, fp32" "DREAM p=1, bf16" "DREAM p=1, bf16" \
+        "DREAM p=1, bf16"
+      for m in standard "DREAM p=1"; do
+        python experiments/dream_report.py --curves results/dream_v4_dtype.csv --standard "$m, fp32" \
+          --out "results/dream_v4_dtype_${m%% *}"
+      done | tee results/dream_v4_dtype_report.txt
+    fi ;;
   *)
-    echo "usage: bash experiments/dream_retest_v4.sh train SEED.. | train-p SEED.. | cost | steps SEED.. | report" >&2
+    echo "usage: bash experiments/dream_retest_v4.sh train SEED.. | train-p SEED.. | train-fp32 SEED.. | cost |" \
+      "steps SEED.. | report" >&2
     exit 2 ;;
 esac
