@@ -134,7 +134,8 @@ def equal_time(curves, last, labels, standard, cost):
     within that method's seconds; mean and spread over seeds."""
     if standard not in cost:
         return None, []
-    budget = max(r['step'] for (lab, _), r in last.items() if lab == standard) * cost[standard]
+    std_final = max(r['step'] for (lab, _), r in last.items() if lab == standard)
+    budget = std_final * cost[standard]
     lines = [f"| method | iterations within {budget:.0f} s | seconds | PSNR (dB) | SSIM |", '|---|---|---|---|---|']
     claims, paired = [], set()
 
@@ -161,7 +162,7 @@ def equal_time(curves, last, labels, standard, cost):
             # evaluations are a grid, so the method's last one may fall well short of the budget: the standard model
             # within the method's own seconds makes the like-for-like pair
             s_its, s_rs = latest(standard, its * cost[label])
-            if s_rs and s_its not in paired and s_its != max(r['step'] for r in curves if r['label'] == standard):
+            if s_rs and s_its not in paired and s_its != std_final:
                 paired.add(s_its)
                 lines.append(row(f'{standard}, within {label}\'s {its * cost[label]:.0f} s', s_its, s_rs))
     return '\n'.join(lines), claims

@@ -119,12 +119,16 @@ case "${1:-}" in
       python experiments/dream_report.py --curves results/dream_v4_fp32_curves.csv \
         $( [ -f results/dream_v4_cost_fp32.csv ] && echo --cost results/dream_v4_cost_fp32.csv ) \
         --out results/dream_v4_fp32 | tee results/dream_v4_fp32_report.txt
-      # bf16 minus fp32, paired by seed, for each method (the fp32 run is the `--standard` of each report)
-      python experiments/collect_eval.py --all --out results/dream_v4_dtype.csv \
-        --runs $R/std_s{0,1,2}_fp32 $R/std_s{0,1,2} $R/dream_s{0,1,2}_fp32 $R/dream_s{0,1,2} \
-        --labels "standard, fp32" "standard, fp32" "standard, fp32" "standard, bf16" "standard, bf16" \
-        "standard, bf16" "DREAM p=1, fp32" "DREAM p=1, fp32" "DREAM p=1, fp32" "DREAM p=1, bf16" "DREAM p=1, bf16" \
-        "DREAM p=1, bf16"
+      # bf16 minus fp32, paired by seed, for each method (the fp32 run is the `--standard` of each report); the
+      # `train` runs are bf16 only where --dtype auto picks it, as on the machine of the README's numbers
+      runs=(); labels=()
+      for rl in "std:standard" "dream:DREAM p=1"; do
+        for s in 0 1 2; do
+          runs+=($R/${rl%%:*}_s${s}_fp32 $R/${rl%%:*}_s$s); labels+=("${rl#*:}, fp32" "${rl#*:}, bf16")
+        done
+      done
+      python experiments/collect_eval.py --all --out results/dream_v4_dtype.csv --runs "${runs[@]}" \
+        --labels "${labels[@]}"
       for m in standard "DREAM p=1"; do
         python experiments/dream_report.py --curves results/dream_v4_dtype.csv --standard "$m, fp32" \
           --out "results/dream_v4_dtype_${m%% *}"
