@@ -18,23 +18,28 @@ transparency (RGBA, LA, palette or tRNS) is composited on WHITE, the image as a 
 Bad input raises DataError, one line naming the file; the CLI prints `error: ...` and exits 2.
 
     python data.py prepare SRC DST --lr 16 --hr 128 [--val N] [--skip-bad]
+    python data.py prepare SRC DST --overwrite      (clears a non-empty DST first; without it DST is refused)
     python data.py download celebahq_16_128 [--dest DIR] [--url URL]
+    python data.py download ffhq128 [--n N] [--lr 16] [--hr 128] [--dest DIR] [--url URL]
+    python data.py download celebahq256 [--n N] [--dest DIR] [--url URL]
+Every download also honours DREAM_RELAY_MIRROR (a base URL under which the same file names are looked up).
 """
 import argparse
+import hashlib
 import io
 import math
 import os
 import re
 import sys
-import tempfile
-import urllib.error
-import urllib.request
+import shutil
 import zipfile
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
+
+import download as fetch  # the HTTP and remote-zip side of `download`; a leaf under this file
 
 IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.tif', '.tiff')
 RESAMPLE = {k: getattr(Image, k.upper()) for k in ('bicubic', 'bilinear', 'nearest', 'lanczos', 'box')}
@@ -43,11 +48,7 @@ RESAMPLE = {k: getattr(Image, k.upper()) for k in ('bicubic', 'bilinear', 'neare
 # github.com/OWNER/REPO/raw/HEAD/... follows the default branch, whatever its name, and redirects to
 # media.githubusercontent.com by itself if the file is stored with Git LFS.
 URLS = {'celebahq_16_128': 'https://github.com/jinxinzhou/DREAM/raw/HEAD/datasets/celebahq_16_128.zip'}
-CACHE = os.path.join('~', '.cache', 'dream-relay')
-
-
-class DataError(ValueError):
-    """Bad input data: the message is one line that names the file and the problem."""
+DataError = fetch.DataError  # bad input data: the message is one line that names the file and the problem
 
 
 def _err(where, problem, exc=None):
@@ -193,6 +194,9 @@ class _Store:
     def image(self, rel):
         return _decode(self.read(rel), self.label(rel))
 
+    def size(self, rel):
+        return self._zipfile().getinfo(rel).file_size if self.is_zip else os.path.getsize(self.label(rel))
+
     def require_files(self):
         if not self.files:
             raise _err(self.root, f"no images in it (looked for {', '.join(IMAGE_EXTS)})")
@@ -313,13 +317,43 @@ class ImageFolder(torch.utils.data.Dataset):
         rel = self.store.files[i]
         return dict(image=_to_tensor(_square(self.store.image(rel), self.resolution)), name=rel)
 
+def _files(dataset):
+    """{name: relative path in its store} of the images a data set trains on (SR pairs: their hr_H/ files)."""
+    if isinstance(dataset, SRPairs):
+        return {name: f"{dataset.dirs['hr']}/{name}" for name in dataset.names}
+    return {rel: rel for rel in dataset.store.files}
+
+
+def check_disjoint(train, held_out, same_source):
+    """Refuse a training set that shares an image with its held-out set: the same file content (sha256, compared
+    where the sizes match) always, and the same file name too when both come from one source (DATA/train, DATA/val).
+    Raises DataError naming one shared file."""
+    train_files, held_files = _files(train), _files(held_out)
+    if same_source:
+        shared = sorted(set(train_files) & set(held_files))
+        if shared:
+            raise _err(train.store.label(train_files[shared[0]]), f'also in the held-out set {held_out.root} '
+                       f'({len(shared)} shared names): re-run prepare with --overwrite, or remove them')
+    held_by_size = {}
+    for rel in held_files.values():
+        held_by_size.setdefault(held_out.store.size(rel), []).append(rel)
+    held_hashes = {}
+    for rel in train_files.values():
+        for other in held_by_size.get(train.store.size(rel), []):
+            if other not in held_hashes:
+                held_hashes[other] = hashlib.sha256(held_out.store.read(other)).hexdigest()
+            if hashlib.sha256(train.store.read(rel)).hexdigest() == held_hashes[other]:
+                raise _err(train.store.label(rel), f'same content as {held_out.store.label(other)} of the held-out '
+                           'set: a training set must not hold held-out images')
+
 # ------------------------------------------------------------ prepare: any images -> the SR layout
 
 
-def prepare(src, dst, lr, hr, val=0, progress=True, skip_bad=False):
+def prepare(src, dst, lr, hr, val=0, progress=True, skip_bad=False, overwrite=False):
     """Build dst/{hr_H, lr_L, sr_L_H}/STEM.png from every image under src (folder or zip).
     val=N > 0: the first N sorted files go to dst/val/, the rest to dst/train/.
-    Returns the number of images written."""
+    A non-empty dst is refused unless overwrite, which clears it first (writing over an old split with another
+    --val would leave held-out images in train/). Returns the number of images written."""
     if not 0 < lr < hr:
         raise DataError(f"data: need 0 < lr < hr, got lr={lr}, hr={hr}")
     store = _Store(src)
@@ -332,6 +366,12 @@ def prepare(src, dst, lr, hr, val=0, progress=True, skip_bad=False):
         first = stems.setdefault(os.path.splitext(f.rsplit('/', 1)[-1])[0], f)
         if first != f:
             raise _err(store.label(f), f"same file stem as {store.label(first)}")
+    if os.path.isdir(dst) and os.listdir(dst):
+        if not overwrite:
+            raise _err(dst, 'not empty: pass --overwrite to clear it first, or choose another destination')
+        if (os.path.abspath(store.root) + os.sep).startswith(dst_abs):
+            raise _err(dst, f'--overwrite would delete the source {store.root} inside it')
+        shutil.rmtree(dst)
     stem_of, written = {f: s for s, f in stems.items()}, 0
     for split, group in [('val', files[:val]), ('train', files[val:])] if val else [('', files)]:
         dirs = [os.path.join(dst, split, d) for d in (f'hr_{hr}', f'lr_{lr}', f'sr_{lr}_{hr}')]
@@ -353,70 +393,18 @@ def prepare(src, dst, lr, hr, val=0, progress=True, skip_bad=False):
         raise _err(store.root, 'no readable images in it')
     return written
 
-# ------------------------------------------------------------ download
-
-
-def _check_zip(path, name):
-    """None if path is a sound zip (with the hr_H/ lr_L/ layout when name ends in _L_H), else why not."""
-    with open(path, 'rb') as f:
-        if f.read(23) == b'version https://git-lfs':
-            return 'got a Git LFS pointer, not the file (use the media.githubusercontent.com URL)'
-    try:
-        with zipfile.ZipFile(path) as z:
-            bad, names = z.testzip(), z.namelist()
-    except Exception as e:
-        return f"not a valid zip ({' '.join(str(e).split())})"
-    if bad is not None:
-        return f"corrupt member {bad}"
-    m = re.fullmatch(r'.*_(\d+)_(\d+)', name)
-    if m:
-        for d in (f'hr_{m[2]}/', f'lr_{m[1]}/'):
-            if not any(re.match(rf'([^/]+/)?{d}', n) for n in names):
-                return f"the zip has no {d} folder"
-    return None
+# ------------------------------------------------------------ download (the fetching itself: download.py)
 
 
 def download(name='celebahq_16_128', dest=None, url=None, progress=True):
-    """Fetch a data set zip into dest (default ~/.cache/dream-relay/) as NAME.zip, return its path.
-    A valid file already there is returned as is. Written to a temp file, checked, then renamed:
-    a failed download leaves nothing behind."""
+    """Fetch a data set zip (default DREAM's 100 CelebA-HQ validation faces) into dest (default the cache,
+    $DREAM_RELAY_CACHE or ~/.cache/dream-relay) as NAME.zip and return its path; $DREAM_RELAY_MIRROR/NAME.zip
+    replaces the default URL. A valid file already there is returned as is; a failed download leaves nothing."""
     if url is None and name not in URLS:
-        raise DataError(f"data: unknown data set {name!r} (known: {', '.join(URLS)}); pass --url URL")
-    url = url or URLS[name]
-    dest = os.path.expanduser(dest or CACHE)
-    final = os.path.join(dest, name + '.zip')
-    if os.path.isfile(final) and _check_zip(final, name) is None:
-        return final
-    os.makedirs(dest, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest, prefix=f'.{name}.', suffix='.part')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            req = urllib.request.Request(url, headers={'User-Agent': 'dream-relay'})
-            with urllib.request.urlopen(req, timeout=60) as r:
-                total = int(r.headers.get('Content-Length') or 0) or None
-                got = 0
-                with tqdm(total=total, unit='B', unit_scale=True, desc=name, disable=not progress) as bar:
-                    while True:
-                        chunk = r.read(1 << 20)
-                        if not chunk:
-                            break
-                        f.write(chunk)
-                        got += len(chunk)
-                        bar.update(len(chunk))
-        if total is not None and got != total:
-            raise OSError(f"connection dropped after {got} of {total} bytes")
-        why = _check_zip(tmp, name)
-        if why:
-            raise OSError(why)
-        os.replace(tmp, final)
-        return final
-    except Exception as e:  # HTTPError, URLError (offline), timeouts, IncompleteRead, our OSErrors
-        reason = None if isinstance(e, urllib.error.HTTPError) else getattr(e, 'reason', None)
-        raise _err(f"could not fetch {url}", f"{' '.join(str(reason or e).split())}. Fetch it some other "
-                   "way, or pass --data PATH (a folder or zip of images) to train.py") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        raise DataError(f"data: unknown data set {name!r} (known: {', '.join(URLS)}, ffhq128, celebahq256); "
+                        "pass --url URL")
+    url = fetch.source_url(URLS.get(name), name + '.zip', url)
+    return fetch.fetch_small_zip(url, name, os.path.expanduser(dest or fetch.cache_dir()), progress)
 
 # -----------------------------------------------------------------------------
 
@@ -431,17 +419,30 @@ def main(argv=None):
     pp.add_argument('--hr', type=int, default=128)
     pp.add_argument('--val', type=int, default=0, help='first N sorted files to DST/val, the rest to DST/train')
     pp.add_argument('--skip-bad', action='store_true', help='warn about unreadable images and go on')
-    pd = sub.add_parser('download', help="fetch a data set zip (default: DREAM's CelebA-HQ 16->128 val set)")
+    pp.add_argument('--overwrite', action='store_true', help='clear a non-empty DST first')
+    pd = sub.add_parser('download', help="fetch a data set: celebahq_16_128 (DREAM's 100 validation faces, the "
+                                         'default), ffhq128 (FFHQ thumbnails as the SR layout), celebahq256')
     pd.add_argument('name', nargs='?', default='celebahq_16_128')
-    pd.add_argument('--dest', default=None, help=f'folder for NAME.zip (default {CACHE})')
-    pd.add_argument('--url', default=None)
+    pd.add_argument('--dest', default=None, help='celebahq_16_128: folder for its zip (default the cache, '
+                    '$DREAM_RELAY_CACHE or ~/.cache/dream-relay); ffhq128: default data/ffhq128_LR_HR; '
+                    'celebahq256: default data/celebahq256')
+    pd.add_argument('--url', default=None, help=f'the file to fetch (default: ${fetch.MIRROR_ENV}/FILE, '
+                    'else the pinned source)')
+    pd.add_argument('--n', type=int, default=None, help='ffhq128, celebahq256: only the first N images')
+    pd.add_argument('--lr', type=int, default=16, help='ffhq128: low resolution')
+    pd.add_argument('--hr', type=int, default=128, help='ffhq128: high resolution')
     for q in (pp, pd):
         q.add_argument('--quiet', action='store_true', help='no progress bar')
     args = p.parse_args(argv)
     try:
         if args.cmd == 'prepare':
-            n = prepare(args.src, args.dst, args.lr, args.hr, args.val, not args.quiet, args.skip_bad)
+            n = prepare(args.src, args.dst, args.lr, args.hr, args.val, not args.quiet, args.skip_bad,
+                        args.overwrite)
             print(f"wrote {n} images to {args.dst}")
+        elif args.name == 'ffhq128':
+            print(fetch.ffhq128(args.dest, args.n, args.lr, args.hr, args.url, progress=not args.quiet))
+        elif args.name == 'celebahq256':
+            print(fetch.celebahq256(args.dest, args.n, args.url, progress=not args.quiet))
         else:
             print(download(args.name, dest=args.dest, url=args.url, progress=not args.quiet))
     except DataError as e:

@@ -2,13 +2,17 @@
 
 Held-out images are never trained on: --val-data, DATA/val, the first --holdout images, or for sr16_128 DREAM's 100
 CelebA-HQ validation faces (data.download('celebahq_16_128')); training those faces takes --smoke-on-eval-set.
+A training set sharing an image (content, or name within one DATA) with its held-out set is refused.
+sr16_128 without --data trains on FFHQ at 128 (DREAM's training set), downloaded once into the cache.
 The batch order is a pure function of the step (StepBatches), so a resumed run sees the batches it would have seen.
 """
+import os
 import signal
 
 import torch
 
 import data
+import download
 from runtime import UsageError
 
 DREAM_EVAL_SET = 'celebahq_16_128'  # DREAM's 100 CelebA-HQ validation faces (data.download): held out, never trained on
@@ -20,10 +24,35 @@ def check_data_flags(a):
     if a.smoke_on_eval_set and (a.data is not None or a.task != 'sr16_128'):
         raise UsageError(f"--smoke-on-eval-set trains on DREAM's {DREAM_EVAL_SET} images: only --task sr16_128, "
                          'without --data')
-    if a.data is None and not a.smoke_on_eval_set:
-        held_out = f" (DREAM's {DREAM_EVAL_SET} faces are the held-out set)" if a.task == 'sr16_128' else ''
-        raise UsageError('--data is required: build a training set from any image folder with '
-                         f"`python data.py prepare SRC DST --lr {info['lr']} --hr {info['hr']}`{held_out}")
+    if a.data is None and not a.smoke_on_eval_set and a.task != 'sr16_128':  # sr16_128 downloads FFHQ (datasets)
+        if info['kind'] == 'sr':
+            sizes = f"--lr {info['lr']} --hr {info['hr']}"
+            how = f'`python data.py prepare SRC DST {sizes}`'
+            if info['hr'] <= 128:
+                how += f' or FFHQ faces with `python data.py download ffhq128 --n 5000 {sizes}`'
+        else:
+            how = '`python data.py download celebahq256` (pip install pyarrow) or any folder of images'
+        raise UsageError(f'--data is required: give a training set, e.g. {how}')
+
+
+def ffhq_cache():
+    """Where `train.py --task sr16_128` without --data keeps FFHQ at 16 -> 128: $DREAM_RELAY_CACHE/ffhq128_16_128."""
+    return os.path.join(download.cache_dir(), 'ffhq128_16_128')
+
+
+def fetch_ffhq(a):
+    """sr16_128 without --data: FFHQ's 70,000 thumbnails (DREAM's training set), downloaded once into the cache after
+    saying how much; a.data then names the folder (so the checkpoint records it). Under DDP, download it first."""
+    dest = ffhq_cache()
+    done = os.path.isfile(os.path.join(dest, 'download.json'))
+    if not done:
+        if int(os.environ.get('WORLD_SIZE', '1')) > 1:
+            raise UsageError(f'no --data: download FFHQ before a multi-process run: python data.py download ffhq128 '
+                             f'--dest {dest}')
+        print(f"no --data: downloading FFHQ's 128x128 thumbnails (70,000 faces, DREAM's training set, about "
+              f"{download.FFHQ128['approx_bytes'] / 1e9:.1f} GB; CC BY-NC-SA 4.0, non-commercial) into {dest}; "
+              'this happens once (resumable: run again after an interruption)', flush=True)
+    a.data = str(download.ffhq128(dest, n=None, lr=16, hr=128))
 
 
 def datasets(a):
@@ -42,11 +71,15 @@ def datasets(a):
         root = data.download(DREAM_EVAL_SET)  # a failure is a one-line data.DataError
         train = make(root)
         return train, train, f'WARNING: the training images ({DREAM_EVAL_SET})'
-    train_root, val_root = data.split_root(a.data)
-    val_root = a.val_data or val_root
+    if a.data is None and a.task == 'sr16_128':
+        fetch_ffhq(a)
+    train_root, split_val = data.split_root(a.data)
+    val_root = a.val_data or split_val
     train = make(train_root)
     if val_root is not None:
-        return train, make(val_root), f'held-out set {val_root}'
+        held = make(val_root)
+        data.check_disjoint(train, held, same_source=val_root == split_val)
+        return train, held, f'held-out set {val_root}'
     if a.holdout:
         if a.holdout >= len(train):
             raise UsageError(f'--holdout {a.holdout} leaves no training images (data set has {len(train)})')
@@ -54,8 +87,9 @@ def datasets(a):
         held = torch.utils.data.Subset(train, range(a.holdout))
         return kept, held, f'held out the first {a.holdout} images'
     if a.task == 'sr16_128':
-        root = data.download(DREAM_EVAL_SET)
-        return train, make(root), f"DREAM's 100 validation faces ({DREAM_EVAL_SET})"
+        held = make(data.download(DREAM_EVAL_SET))
+        data.check_disjoint(train, held, same_source=False)
+        return train, held, f"DREAM's 100 validation faces ({DREAM_EVAL_SET})"
     return train, train, 'WARNING: no held-out split, evaluating on training images'
 
 
