@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 MIRROR_ENV = 'DREAM_RELAY_MIRROR'  # a base URL that serves the same file names (a mirror, a proxy, a test server)
 CACHE_ENV = 'DREAM_RELAY_CACHE'    # where downloads live (default ~/.cache/dream-relay)
+TAIL = 1 << 16  # bytes of a zip's end fetched first: the end-of-central-directory record and, mostly, the directory
 IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.tif', '.tiff')
 HUB = 'https://huggingface.co/datasets'
 FFHQ128 = dict(file='thumbnails128x128.zip', approx_bytes=2_110_000_000, sha256=None, size=None,
@@ -51,10 +52,11 @@ CELEBAHQ256 = dict(url=f'{HUB}/eurecom-ds/celeba-hq-256/resolve/7b4962e4e2d1de99
 FFHQ_NOTE = """FFHQ thumbnails (128x128), fetched by dream-relay's `data.py download ffhq128` from {url}
 (first {n} images in sorted name order), written as the SR3 layout hr_{hr}/, lr_{lr}/, sr_{lr}_{hr}/.
 
-Licence: the FFHQ data set is made available by NVIDIA Corporation under Creative Commons BY-NC-SA 4.0
-(https://creativecommons.org/licenses/by-nc-sa/4.0/): non-commercial use only, credit the FFHQ paper (Karras,
-Laine, Aila, "A Style-Based Generator Architecture for Generative Adversarial Networks", CVPR 2019), say what you
-changed (here: resized to {lr}x{lr} and bicubic up again), share derivatives under the same licence. The individual
+Licence: the FFHQ data set is made available by NVIDIA Corporation under CC BY-NC-SA 4.0 (Creative Commons
+Attribution-NonCommercial-ShareAlike, https://creativecommons.org/licenses/by-nc-sa/4.0/): non-commercial use only;
+credit the FFHQ paper (Karras, Laine, Aila, "A Style-Based Generator Architecture for Generative Adversarial
+Networks", CVPR 2019), say what you changed (here: resized to {lr}x{lr} and bicubic up again), and share derivatives
+under the same licence. The individual
 photographs carry their Flickr authors' licences (CC BY 2.0, CC BY-NC 2.0, public domain marks, CC0, U.S.
 Government Works). Full terms: https://github.com/NVlabs/ffhq-dataset/blob/master/LICENSE.txt
 """
@@ -321,7 +323,7 @@ def first_images(url, n, progress=True):
     """[(name, bytes)] of the first n images (sorted names) of the zip at url, fetched by HTTP Range: the tail
     (end-of-central-directory and central directory), then one range covering the chosen entries. CRC-32 checked."""
     try:
-        response, _ = _get(url, suffix=1 << 16)
+        response, _ = _get(url, suffix=TAIL)
         with response:
             if response.status != 206:  # Range ignored: read the zip from its start
                 return _stream_images(response, n, url, progress)
