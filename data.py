@@ -358,6 +358,8 @@ def prepare(src, dst, lr, hr, val=0, progress=True, skip_bad=False, overwrite=Fa
         raise DataError(f"data: need 0 < lr < hr, got lr={lr}, hr={hr}")
     store = _Store(src)
     dst_abs = os.path.abspath(dst) + os.sep  # if dst is inside src, do not read our own output
+    if (os.path.abspath(store.root) + os.sep).startswith(dst_abs):
+        raise _err(dst, f'holds the source {store.root}: choose a destination outside it')
     files = [f for f in store.require_files() if not os.path.abspath(store.label(f)).startswith(dst_abs)]
     if not 0 <= val < len(files):
         raise _err(store.root, f"--val {val} must be >= 0 and less than the {len(files)} images")
@@ -369,8 +371,6 @@ def prepare(src, dst, lr, hr, val=0, progress=True, skip_bad=False, overwrite=Fa
     if os.path.isdir(dst) and os.listdir(dst):
         if not overwrite:
             raise _err(dst, 'not empty: pass --overwrite to clear it first, or choose another destination')
-        if (os.path.abspath(store.root) + os.sep).startswith(dst_abs):
-            raise _err(dst, f'--overwrite would delete the source {store.root} inside it')
         shutil.rmtree(dst)
     stem_of, written = {f: s for s, f in stems.items()}, 0
     for split, group in [('val', files[:val]), ('train', files[val:])] if val else [('', files)]:

@@ -3,6 +3,7 @@ import http.server
 import io
 import os
 import pickle
+import shutil
 import socket
 import subprocess
 import sys
@@ -102,6 +103,66 @@ def test_val_split_and_split_root(tmp_path):
     with pytest.raises(DataError, match='--val 4'):
         data.prepare(src, str(tmp_path / 'o2'), 8, 32, val=4, progress=False)
 
+
+
+# ----------------------------------------------------------------------------- held-out images never in training
+
+
+def test_prepare_into_a_non_empty_folder_needs_overwrite_which_clears_it(tmp_path, capsys):
+    """Issue 30.3: --val 4 then --val 8 into one folder used to leave 00004-00007 in both train/ and val/."""
+    src = _make_src(tmp_path / 'src', n=10)
+    dst = str(tmp_path / 'out')
+    data.prepare(src, dst, 8, 32, val=4, progress=False)
+    _raises(lambda: data.prepare(src, dst, 8, 32, val=8, progress=False), dst, 'not empty', '--overwrite')
+    assert data.SRPairs(os.path.join(dst, 'val'), 8, 32).names == [f'img{i}.png' for i in range(4)]  # untouched
+    assert data.main(['prepare', src, dst, '--lr', '8', '--hr', '32', '--val', '8', '--quiet']) == 2
+    assert 'not empty' in capsys.readouterr().err
+    assert data.main(['prepare', src, dst, '--lr', '8', '--hr', '32', '--val', '8', '--quiet', '--overwrite']) == 0
+    train, val = (data.SRPairs(os.path.join(dst, d), 8, 32).names for d in ('train', 'val'))
+    assert val == [f'img{i}.png' for i in range(8)] and train == ['img8.png', 'img9.png']
+    # --overwrite never deletes the images it reads
+    _raises(lambda: data.prepare(src, str(tmp_path), 8, 32, progress=False, overwrite=True), 'holds the source')
+    assert len(os.listdir(src)) == 10
+
+
+def _copy_pair(frm, to, name, new_name):
+    for d in ('hr_32', 'lr_8', 'sr_8_32'):
+        shutil.copy(os.path.join(frm, d, name), os.path.join(to, d, new_name))
+
+
+def test_a_training_set_sharing_images_with_its_held_out_set_is_refused(tmp_path, monkeypatch):
+    import train
+    src = _make_src(tmp_path / 'src', n=6)
+    dst = str(tmp_path / 'out')
+    data.prepare(src, dst, 8, 32, val=2, progress=False)
+    tr, va = os.path.join(dst, 'train'), os.path.join(dst, 'val')
+
+    def sets(*extra):
+        a = train.get_args(['--task', 'sr8_32', '--model', 'tiny', '--out', str(tmp_path / 'run'), *extra])
+        return train.datasets(a)
+    assert [len(x) for x in sets('--data', dst)[:2]] == [4, 2]
+    _copy_pair(va, tr, 'img1.png', 'img1.png')  # a held-out image left in train/ under its own name
+    _raises(lambda: sets('--data', dst), os.path.join(tr, 'hr_32', 'img1.png'), 'held-out')
+    for d in ('hr_32', 'lr_8', 'sr_8_32'):
+        os.remove(os.path.join(tr, d, 'img1.png'))
+    _copy_pair(va, tr, 'img0.png', 'zz.png')  # the same image under another name: found by its content
+    _raises(lambda: sets('--data', dst), os.path.join(tr, 'hr_32', 'zz.png'), 'same content',
+            os.path.join(va, 'hr_32', 'img0.png'))
+    _raises(lambda: sets('--data', tr, '--val-data', va), 'zz.png', 'same content')  # any held-out source
+    # a separate held-out set may reuse file names (two numbered data sets), never images
+    for d in ('hr_32', 'lr_8', 'sr_8_32'):
+        os.remove(os.path.join(tr, d, 'zz.png'))
+    other = str(tmp_path / 'other')
+    os.makedirs(tmp_path / 'osrc')
+    _pixels(77, 32, 32).save(tmp_path / 'osrc' / 'img2.png')  # the name of a training image, another picture
+    data.prepare(str(tmp_path / 'osrc'), other, 8, 32, progress=False)
+    assert [len(x) for x in sets('--data', tr, '--val-data', other)[:2]] == [4, 1]
+    # sr16_128's default held-out set, DREAM's faces, is checked too
+    big = str(tmp_path / 'big')
+    data.prepare(src, big, 16, 128, progress=False)
+    monkeypatch.setattr(data, 'download', lambda name, *a, **k: big)
+    a = train.get_args(['--task', 'sr16_128', '--model', 'tiny', '--data', big, '--out', str(tmp_path / 'r2')])
+    _raises(lambda: train.datasets(a), 'same content')
 
 def test_zip_nested_layout_and_workers(layout, tmp_path):
     src, dst = layout

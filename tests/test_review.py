@@ -2,6 +2,7 @@
 each rank's own CUDA RNG state, generators on the sampling device, --dtype auto from the hardware's flags, no training
 on DREAM's validation faces, README accuracy."""
 import os
+import socket
 import sys
 
 import numpy as np
@@ -173,14 +174,20 @@ def eval_faces(tmp_path, monkeypatch):
     return tmp_path, asked
 
 
-def test_without_data_sr16_128_refuses_to_train_on_the_validation_faces(eval_faces, capsys):
+def test_without_data_sr16_128_fetches_ffhq_not_the_validation_faces(eval_faces, capsys, monkeypatch):
+    """No --data: sr16_128 downloads FFHQ (issue 32; tests/test_download.py covers it with a server). Offline (a
+    mirror on a closed port) it stops in one line naming FFHQ's file, having fetched no validation faces to train on."""
     root, asked = eval_faces
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        closed = f'http://127.0.0.1:{s.getsockname()[1]}'
+    monkeypatch.setenv('DREAM_RELAY_MIRROR', closed)
+    monkeypatch.setenv('DREAM_RELAY_CACHE', str(root / 'cache'))
     with pytest.raises(SystemExit) as e:
         train.main(['--task', 'sr16_128', '--model', 'tiny', '--out', str(root / 'never')])
     err = capsys.readouterr().err.strip()
-    assert e.value.code == 2 and '\n' not in err and '--data is required' in err
-    assert 'python data.py prepare SRC DST --lr 16 --hr 128' in err
-    assert not os.path.exists(root / 'never')
+    assert e.value.code == 2 and '\n' not in err and closed + '/thumbnails128x128.zip' in err
+    assert asked == [] and not os.path.exists(root / 'never')
 
 
 def test_the_validation_faces_are_the_held_out_set_and_a_smoke_run_says_what_it_is(eval_faces, capsys):
