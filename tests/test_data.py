@@ -141,8 +141,8 @@ def test_a_training_set_sharing_images_with_its_held_out_set_is_refused(tmp_path
         a = train.get_args(['--task', 'sr8_32', '--model', 'tiny', '--out', str(tmp_path / 'run'), *extra])
         return train.datasets(a)
     assert [len(x) for x in sets('--data', dst)[:2]] == [4, 2]
-    _copy_pair(va, tr, 'img1.png', 'img1.png')  # a held-out image left in train/ under its own name
-    _raises(lambda: sets('--data', dst), os.path.join(tr, 'hr_32', 'img1.png'), 'held-out')
+    _copy_pair(tr, tr, 'img2.png', 'img1.png')  # a held-out name in train/ (other pixels: say, an older prepare)
+    _raises(lambda: sets('--data', dst), os.path.join(tr, 'hr_32', 'img1.png'), 'held-out', 'shared names')
     for d in ('hr_32', 'lr_8', 'sr_8_32'):
         os.remove(os.path.join(tr, d, 'img1.png'))
     _copy_pair(va, tr, 'img0.png', 'zz.png')  # the same image under another name: found by its content
