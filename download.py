@@ -487,7 +487,7 @@ def _zip_images(path):
 
         def __iter__(self):
             for n in names:
-                yield n, _read_member(archive, archive.getinfo(n), path)
+                yield n, _read_member(archive, archive.getinfo(n), f'{path} (remove it and run again)')
     return Lazy()
 
 

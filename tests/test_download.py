@@ -175,9 +175,9 @@ def test_a_bad_crc_is_refused_in_one_line_and_leaves_nothing(server, tmp_path, c
     at = body.index(images[first]) + 100  # a byte inside the first image's stored data
     srv.files['/ffhq.zip'] = body[:at] + bytes([body[at] ^ 0xFF]) + body[at + 1:]
     dest = tmp_path / 'out'
-    for mode in ('range', 'ignore'):
+    for mode, n in (('range', ['--n', '3']), ('ignore', ['--n', '3']), ('range', [])):  # [] : the whole zip
         srv.mode = mode
-        code = data.main(['download', 'ffhq128', '--n', '3', '--dest', str(dest), '--url', url + '/ffhq.zip', '--quiet'])
+        code = data.main(['download', 'ffhq128', '--dest', str(dest), '--url', url + '/ffhq.zip', '--quiet'] + n)
         err = capsys.readouterr().err.strip()
         assert code == 2 and '\n' not in err and first in err and 'CRC' in err, err
         assert not dest.exists() and _leftovers(tmp_path) == []
