@@ -271,8 +271,9 @@ def fetch_small_zip(url, name, dest, progress=True):
 
 
 class _Sparse(io.RawIOBase):
-    """A read-only file of `size` bytes of which only some ranges are known: {offset: bytes}. zipfile reads the
-    central directory and the fetched entries through it; a read elsewhere raises _Missing(offset)."""
+    """A read-only file of `size` bytes of which only some ranges are known: {offset: file object holding the bytes
+    from there}. zipfile reads the central directory and the fetched entries through it; a read elsewhere raises
+    _Missing(offset)."""
 
     def __init__(self, size, pieces):
         self.size, self.pieces, self.pos = size, dict(pieces), 0
@@ -294,11 +295,11 @@ class _Sparse(io.RawIOBase):
         n = self.size - self.pos if n is None or n < 0 else min(n, self.size - self.pos)
         if n <= 0:
             return b''
-        for start, blob in self.pieces.items():
-            if start <= self.pos and self.pos + n <= start + len(blob):
-                out = blob[self.pos - start:self.pos - start + n]
+        for start, piece in self.pieces.items():
+            if start <= self.pos and self.pos + n <= start + piece.seek(0, 2):
+                piece.seek(self.pos - start)
                 self.pos += n
-                return out
+                return piece.read(n)
         raise _Missing(self.pos)
 
     def readinto(self, b):
@@ -319,16 +320,31 @@ def _is_image(name):
     return os.path.splitext(name)[1].lower() in IMAGE_EXTS and not hidden
 
 
+class _Entries:
+    """(name, bytes) of some entries of a zip, read as they are iterated (zipfile checks each one's CRC-32)."""
+
+    def __init__(self, archive, infos, where):
+        self.archive, self.infos, self.where = archive, infos, where
+
+    def __len__(self):
+        return len(self.infos)
+
+    def __iter__(self):
+        for info in self.infos:
+            yield info.filename, _read_member(self.archive, info, self.where)
+
+
 def first_images(url, n, progress=True):
-    """[(name, bytes)] of the first n images (sorted names) of the zip at url, fetched by HTTP Range: the tail
-    (end-of-central-directory and central directory), then one range covering the chosen entries. CRC-32 checked."""
+    """(name, bytes) of the first n images (sorted names) of the zip at url, fetched by HTTP Range: the tail
+    (end-of-central-directory and central directory), then one range covering the chosen entries, spooled to a
+    temporary file. Each entry's CRC-32 is checked as it is read."""
     try:
         response, _ = _get(url, suffix=TAIL)
         with response:
             if response.status != 206:  # Range ignored: read the zip from its start
                 return _stream_images(response, n, url, progress)
             size = _total_size(response)
-            pieces = {size - int(response.headers['Content-Length']): response.read()}
+            pieces = {size - int(response.headers['Content-Length']): io.BytesIO(response.read())}
         try:
             entries = zipfile.ZipFile(_Sparse(size, pieces)).infolist()
         except _Missing as e:  # the central directory starts before the tail we have: fetch from there to the end
@@ -344,8 +360,7 @@ def first_images(url, n, progress=True):
         first = min(e.header_offset for e in chosen)
         last = max(ends.get(e.header_offset, cd_start) for e in chosen) - 1
         pieces[first] = _read_range(url, first, last, progress=progress, desc=f'{len(chosen)} images')
-        archive = zipfile.ZipFile(_Sparse(size, pieces))
-        return [(e.filename, _read_member(archive, e, url)) for e in chosen]
+        return _Entries(zipfile.ZipFile(_Sparse(size, pieces)), chosen, url)
     except urllib.error.HTTPError as e:
         raise _fail(url, e) from None
     except DataError:
@@ -356,7 +371,7 @@ def first_images(url, n, progress=True):
 
 def _read_range(url, first, last, progress=False, desc=''):
     response, _ = _get(url, first=first, last=last)
-    buffer = io.BytesIO()
+    buffer = tempfile.SpooledTemporaryFile(max_size=1 << 26)
     with response:
         if response.status != 206:
             raise DataError(f'data: {url}: the server stopped honouring Range requests')
@@ -366,7 +381,7 @@ def _read_range(url, first, last, progress=False, desc=''):
             pass  # a cut connection: reported below with the byte count
     if buffer.tell() != last - first + 1:
         raise _fail(url, f'connection dropped after {buffer.tell()} of {last - first + 1} bytes')
-    return buffer.getvalue()
+    return buffer
 
 
 def _read_member(archive, entry, url):
@@ -479,16 +494,8 @@ def _zip_images(path):
         archive = zipfile.ZipFile(path)
     except (OSError, zipfile.BadZipFile) as e:
         raise DataError(f'data: {path}: not a valid zip ({e}); remove it and run again') from None
-    names = sorted(n for n in archive.namelist() if _is_image(n))
-
-    class Lazy:
-        def __len__(self):
-            return len(names)
-
-        def __iter__(self):
-            for n in names:
-                yield n, _read_member(archive, archive.getinfo(n), f'{path} (remove it and run again)')
-    return Lazy()
+    infos = sorted((i for i in archive.infolist() if _is_image(i.filename)), key=lambda i: i.filename)
+    return _Entries(archive, infos, f'{path} (remove it and run again)')
 
 
 def _publish(build, dest, about):
@@ -566,7 +573,8 @@ def celebahq256(dest=None, n=None, url=None, progress=True):
         return pathlib.Path(dest)
     if url and url.lower().endswith('.zip'):
         zip_path = fetch_file(url, os.path.join(cache_dir(), os.path.basename(url)), progress=progress)
-        images = list(_zip_images(zip_path))[:n]
+        images = _zip_images(zip_path)
+        images.infos = images.infos[:n]
     else:
         images = _parquet_images(url, n, progress)
 
