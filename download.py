@@ -580,11 +580,20 @@ def celebahq256(dest=None, n=None, url=None, progress=True):
 
     def build(tmp):
         for i, (name, blob) in enumerate(images):
-            ext = os.path.splitext(name)[1].lower() if _is_image(name) else '.png'
-            with open(os.path.join(tmp, f'{i:05d}{ext}'), 'wb') as f:
+            with open(os.path.join(tmp, f'{i:05d}{_extension(blob, name)}'), 'wb') as f:
                 f.write(blob)
         return len(images)
     return pathlib.Path(_publish(build, dest, about))
+
+
+def _extension(blob, name):
+    """The file extension of an image's bytes, from its content (a parquet row need not name its file)."""
+    try:
+        with Image.open(io.BytesIO(blob)) as img:
+            kind = img.format
+    except Exception as e:
+        raise DataError(f'data: {name}: not a readable image ({type(e).__name__}: {e})') from None
+    return {'JPEG': '.jpg', 'PNG': '.png', 'WEBP': '.webp', 'BMP': '.bmp', 'TIFF': '.tif'}.get(kind, '.png')
 
 
 def _parquet_images(url, n, progress):

@@ -316,3 +316,26 @@ def test_celebahq256_from_a_zip_url_is_an_image_folder(server, tmp_path):
     folder = data.ImageFolder(str(root), 32)
     assert len(folder) == 4
     assert sorted(p.read_bytes() for p in root.glob('*.png')) == sorted(images[n] for n in sorted(images)[:4])
+
+
+def test_celebahq256_reads_parquet_shards_until_the_last(server, tmp_path, monkeypatch):
+    pa = pytest.importorskip('pyarrow')
+    import pyarrow.parquet as pq
+    url, srv = server
+    jpeg = io.BytesIO()
+    Image.open(io.BytesIO(_png(7, 32))).save(jpeg, 'JPEG')
+    shards = [[_png(1, 32), _png(2, 32), jpeg.getvalue()], [_png(3, 32), _png(4, 32)]]
+    for i, blobs in enumerate(shards):  # the Hub's image feature: a struct of the file's bytes and its path
+        rows = [{'bytes': b, 'path': None} for b in blobs]
+        out = io.BytesIO()
+        pq.write_table(pa.table({'image': rows}), out)
+        srv.files[f'/m/{i:04d}.parquet'] = out.getvalue()
+    monkeypatch.setenv('DREAM_RELAY_MIRROR', url + '/m')
+    root = download.celebahq256(tmp_path / 'all', progress=False)
+    assert sorted(os.listdir(root)) == ['00000.png', '00001.png', '00002.jpg', '00003.png', '00004.png',
+                                        'download.json']
+    assert (root / '00002.jpg').read_bytes() == shards[0][2] and len(data.ImageFolder(str(root), 32)) == 5
+    assert '/m/0002.parquet' in [p for p, _ in srv.requests]  # the end of the shards is a 404
+    requests = len(srv.requests)
+    few = download.celebahq256(tmp_path / 'few', n=2, progress=False)
+    assert len(data.ImageFolder(str(few), 32)) == 2 and len(srv.requests) == requests  # shard 0 was cached
