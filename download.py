@@ -140,14 +140,13 @@ def _linked(seen):
     return sha, size
 
 
-def _copy(response, f, total, done, desc, progress, stop_at=None):
-    """Stream response into f with a progress bar in MB; returns the bytes written (at most stop_at)."""
+def _copy(response, f, total, done, desc, progress):
+    """Stream response into f with a progress bar in MB (done: bytes already there); returns the bytes written."""
     written = 0
     with tqdm(total=total, initial=done, unit='B', unit_scale=True, unit_divisor=1000, desc=desc,
               disable=not progress) as bar:
-        while stop_at is None or written < stop_at:
-            want = 1 << 20 if stop_at is None else min(1 << 20, stop_at - written)
-            chunk = response.read(want)
+        while True:
+            chunk = response.read(1 << 20)
             if not chunk:
                 break
             f.write(chunk)
@@ -173,11 +172,12 @@ def fetch_file(url, path, sha256=None, size=None, progress=True):
     if os.path.isfile(path):  # finished before, or brought by hand: check it against what we know
         want_sha, want_size = sha256, size
         if os.path.isfile(record):
-            want_sha, want_size = open(record).read().split()
-        actual_sha = sha256_of(path)
-        if want_size in (None, str(os.path.getsize(path)), os.path.getsize(path)) and want_sha in (None, actual_sha):
+            recorded_sha, recorded_size = open(record).read().split()
+            want_sha, want_size = recorded_sha, int(recorded_size)
+        actual_sha, actual_size = sha256_of(path), os.path.getsize(path)
+        if want_size in (None, actual_size) and want_sha in (None, actual_sha):
             with open(record, 'w') as f:
-                f.write(f'{actual_sha} {os.path.getsize(path)}\n')
+                f.write(f'{actual_sha} {actual_size}\n')
             return path
         os.remove(path)  # not the file we know: fetch it again
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -215,6 +215,7 @@ def fetch_file(url, path, sha256=None, size=None, progress=True):
         f.write(f'{actual_sha} {actual_size}\n')
     os.replace(part, path)
     return path
+
 
 def _check_zip(path, name):
     """None if path is a sound zip (with the hr_H/ lr_L/ layout when name ends in _L_H), else why not."""
@@ -334,7 +335,7 @@ class _Entries:
             yield info.filename, _read_member(self.archive, info, self.where)
 
 
-def first_images(url, n, progress=True):
+def first_images(url, n, progress=True, by_hand=None):
     """(name, bytes) of the first n images (sorted names) of the zip at url, fetched by HTTP Range: the tail
     (end-of-central-directory and central directory), then one range covering the chosen entries, spooled to a
     temporary file. Each entry's CRC-32 is checked as it is read."""
@@ -362,11 +363,13 @@ def first_images(url, n, progress=True):
         pieces[first] = _read_range(url, first, last, progress=progress, desc=f'{len(chosen)} images')
         return _Entries(zipfile.ZipFile(_Sparse(size, pieces)), chosen, url)
     except urllib.error.HTTPError as e:
-        raise _fail(url, e) from None
+        raise _fail(url, e, by_hand) from None
     except DataError:
         raise
+    except (urllib.error.URLError, TimeoutError) as e:
+        raise _fail(url, getattr(e, 'reason', e), by_hand) from None
     except (OSError, ValueError, http.client.HTTPException, zipfile.BadZipFile, _Missing) as e:
-        raise _fail(url, f'not a readable zip ({type(e).__name__}: {getattr(e, "reason", e)})') from None
+        raise _fail(url, f'not a readable zip ({type(e).__name__}: {e})', by_hand) from None
 
 
 def _read_range(url, first, last, progress=False, desc=''):
@@ -548,13 +551,15 @@ def ffhq128(dest=None, n=None, lr=16, hr=128, url=None, progress=True):
     about = dict(source='ffhq128', url=url, n=n, lr=lr, hr=hr)
     if _done(dest, about):
         return pathlib.Path(dest)
-    if n is None:
+    zip_path = os.path.join(cache_dir(), FFHQ128['file'])
+    if n is None or os.path.isfile(zip_path):  # the whole zip, or the first n of the one already here
         pinned = url == FFHQ128['url']
-        zip_path = fetch_file(url, os.path.join(cache_dir(), FFHQ128['file']), progress=progress,
-                              sha256=FFHQ128['sha256'] if pinned else None, size=FFHQ128['size'] if pinned else None)
+        fetch_file(url, zip_path, progress=progress,
+                   sha256=FFHQ128['sha256'] if pinned else None, size=FFHQ128['size'] if pinned else None)
         images = _zip_images(zip_path)
+        images.infos = images.infos[:n]
     else:
-        images = first_images(url, n, progress)
+        images = first_images(url, n, progress, by_hand=zip_path)
 
     def build(tmp):
         with open(os.path.join(tmp, 'LICENSE.txt'), 'w') as f:

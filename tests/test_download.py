@@ -339,3 +339,18 @@ def test_celebahq256_reads_parquet_shards_until_the_last(server, tmp_path, monke
     requests = len(srv.requests)
     few = download.celebahq256(tmp_path / 'few', n=2, progress=False)
     assert len(data.ImageFolder(str(few), 32)) == 2 and len(srv.requests) == requests  # shard 0 was cached
+
+
+def test_a_zip_brought_by_hand_is_used_offline(server, tmp_path):
+    """The offline message says where to put the file; put there, it serves the whole set and --n, no network."""
+    body, images = _zip(n=7, size=32)
+    offline = closed_port_url() + '/thumbnails128x128.zip'
+    place = str(tmp_path / 'cache' / 'thumbnails128x128.zip')
+    for n in (2, None):
+        with pytest.raises(data.DataError, match=f'put it at {place}'):  # the message names the place
+            download.ffhq128(tmp_path / 'x', n=n, lr=8, hr=32, url=offline, progress=False)
+    (tmp_path / 'cache' / 'thumbnails128x128.zip').write_bytes(body)
+    few = download.ffhq128(tmp_path / 'few', n=2, lr=8, hr=32, url=offline, progress=False)
+    assert data.SRPairs(str(few), 8, 32).names == [n.rsplit('/', 1)[-1] for n in sorted(images)[:2]]
+    every = download.ffhq128(tmp_path / 'all', lr=8, hr=32, url=offline, progress=False)
+    assert len(data.SRPairs(str(every), 8, 32)) == 7
