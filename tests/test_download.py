@@ -168,8 +168,9 @@ def test_a_server_that_ignores_range_is_streamed_until_n_images(server, tmp_path
     _same(data.SRPairs(str(root), 8, 32), _reference_layout(tmp_path, images, first4, 8, 32))
 
 
-def test_a_bad_crc_is_refused_in_one_line_and_leaves_nothing(server, tmp_path, capsys):
+def test_a_bad_crc_is_refused_in_one_line_and_leaves_nothing(server, tmp_path, capsys, monkeypatch):
     url, srv = server
+    monkeypatch.setattr(download, 'PARALLEL_FROM', 4)  # the whole-zip case: a worker process finds the bad entry
     body, images = _zip(order=sorted, method=zipfile.ZIP_STORED)
     first = sorted(images)[0]
     at = body.index(images[first]) + 100  # a byte inside the first image's stored data
@@ -183,8 +184,9 @@ def test_a_bad_crc_is_refused_in_one_line_and_leaves_nothing(server, tmp_path, c
         assert not dest.exists() and _leftovers(tmp_path) == []
 
 
-def test_full_download_resumes_after_a_cut_connection_and_is_never_fetched_again(server, tmp_path):
+def test_full_download_resumes_after_a_cut_connection_and_is_never_fetched_again(server, tmp_path, monkeypatch):
     url, srv = server
+    monkeypatch.setattr(download, 'PARALLEL_FROM', 4)  # the whole-zip layout by several processes, as for FFHQ
     body, images = _zip(n=12, size=32)
     srv.files['/thumbnails128x128.zip'] = body
     srv.extra = {'X-Linked-Etag': '"' + hashlib.sha256(body).hexdigest() + '"', 'X-Linked-Size': str(len(body))}
