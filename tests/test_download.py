@@ -335,7 +335,8 @@ def test_celebahq256_reads_parquet_shards_until_the_last(server, tmp_path, monke
     monkeypatch.setenv('DREAM_RELAY_MIRROR', url + '/m')
     root = download.celebahq256(tmp_path / 'all', progress=False)
     assert sorted(os.listdir(root)) == ['00000.png', '00001.png', '00002.jpg', '00003.png', '00004.png',
-                                        'download.json']
+                                        'LICENSE.txt', 'download.json']
+    assert 'non-commercial' in (root / 'LICENSE.txt').read_text()
     assert (root / '00002.jpg').read_bytes() == shards[0][2] and len(data.ImageFolder(str(root), 32)) == 5
     assert '/m/0002.parquet' in [p for p, _ in srv.requests]  # the end of the shards is a 404
     requests = len(srv.requests)
