@@ -54,12 +54,13 @@ class _Server(http.server.BaseHTTPRequestHandler):
     extra = {}         # headers added to every response (e.g. X-Linked-Etag)
     sent = [0]         # body bytes written
     requests = []      # (path, Range header)
+    errors = {}        # path -> HTTP status to answer instead (e.g. 503)
 
     def do_GET(self):
         self.requests.append((self.path, self.headers.get('Range')))
         body = self.files.get(self.path)
-        if body is None:
-            self.send_response(404)
+        if body is None or self.path in self.errors:
+            self.send_response(self.errors.get(self.path, 404))
             self.send_header('Content-Length', '0')
             self.end_headers()
             return
@@ -100,6 +101,7 @@ class _Server(http.server.BaseHTTPRequestHandler):
 def server(monkeypatch, tmp_path):
     httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), _Server)
     _Server.files, _Server.mode, _Server.extra, _Server.sent, _Server.requests = {}, 'range', {}, [0], []
+    _Server.errors = {}
     threading.Thread(target=httpd.serve_forever, kwargs=dict(poll_interval=0.05), daemon=True).start()
     monkeypatch.setenv('DREAM_RELAY_CACHE', str(tmp_path / 'cache'))
     monkeypatch.delenv('DREAM_RELAY_MIRROR', raising=False)
@@ -342,6 +344,12 @@ def test_celebahq256_reads_parquet_shards_until_the_last(server, tmp_path, monke
     requests = len(srv.requests)
     few = download.celebahq256(tmp_path / 'few', n=2, progress=False)
     assert len(data.ImageFolder(str(few), 32)) == 2 and len(srv.requests) == requests  # shard 0 was cached
+    # a shard that fails otherwise than 404 is an error, not the end of the data set
+    srv.errors['/m/0001.parquet'] = 503
+    os.remove(tmp_path / 'cache' / 'celebahq256' / '0001.parquet')
+    with pytest.raises(data.DataError, match='0001.parquet'):
+        download.celebahq256(tmp_path / 'broken', progress=False)
+    assert not (tmp_path / 'broken').exists()
 
 
 def test_a_zip_brought_by_hand_is_used_offline(server, tmp_path):
