@@ -39,7 +39,7 @@ import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-import download as fetch  # the HTTP and remote-zip side of `download`; a leaf under this file
+import download as fetch  # `download`'s data sets (download.py, over remote.py's HTTP); below this file
 
 IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.tif', '.tiff')
 RESAMPLE = {k: getattr(Image, k.upper()) for k in ('bicubic', 'bilinear', 'nearest', 'lanczos', 'box')}

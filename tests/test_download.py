@@ -16,6 +16,7 @@ from PIL import Image
 
 import data
 import download
+import remote
 import train
 
 N_IMAGES = 24
@@ -141,7 +142,7 @@ def test_first_n_images_by_range_write_the_sr_layout(server, tmp_path, monkeypat
     url, srv = server
     body, images = _zip(order=lambda names: names[::-1])  # the first names last in the file: chosen by name
     srv.files['/ffhq.zip'] = body
-    monkeypatch.setattr(download, 'TAIL', 200)  # a tail too short for the central directory: fetched again from it
+    monkeypatch.setattr(remote, 'TAIL', 200)  # a tail too short for the central directory: fetched again from it
     root = download.ffhq128(tmp_path / 'out', n=5, lr=16, hr=64, url=url + '/ffhq.zip', progress=False)
     assert root == tmp_path / 'out'
     first5 = sorted(images)[:5]
