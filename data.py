@@ -422,7 +422,8 @@ def main(argv=None):
     pp.add_argument('--overwrite', action='store_true', help='clear a non-empty DST first')
     pd = sub.add_parser('download', help="fetch a data set: celebahq_16_128 (DREAM's 100 validation faces, the "
                                          'default), ffhq128 (FFHQ thumbnails as the SR layout), celebahq256')
-    pd.add_argument('name', nargs='?', default='celebahq_16_128')
+    pd.add_argument('name', nargs='?', default='celebahq_16_128',
+                    help="celebahq_16_128 (default: DREAM's held-out faces), ffhq128, celebahq256")
     pd.add_argument('--dest', default=None, help='celebahq_16_128: folder for its zip (default the cache, '
                     '$DREAM_RELAY_CACHE or ~/.cache/dream-relay); ffhq128: default data/ffhq128_LR_HR; '
                     'celebahq256: default data/celebahq256')
