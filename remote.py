@@ -202,7 +202,8 @@ class _Sparse(io.RawIOBase):
         if n <= 0:
             return b''
         for start, piece in self.pieces.items():
-            if start <= self.pos and self.pos + n <= start + piece.seek(0, 2):
+            piece.seek(0, 2)
+            if start <= self.pos and self.pos + n <= start + piece.tell():
                 piece.seek(self.pos - start)
                 self.pos += n
                 return piece.read(n)
