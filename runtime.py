@@ -8,6 +8,7 @@
 Also the one error of the command lines: UsageError, a problem with flags, data or checkpoints, printed as one line.
 """
 import argparse
+import datetime
 import os
 import random
 from dataclasses import dataclass
@@ -58,7 +59,8 @@ def cpu_flags(cpuinfo_path='/proc/cpuinfo'):
 
 def pick_dtype(name, device, cpuinfo_path='/proc/cpuinfo'):
     """(dtype, reason). 'auto' decides from the hardware, the same way every time on the same machine:
-    CUDA: bf16 autocast where torch.cuda.is_bf16_supported(), else fp32 (fp16 would need loss scaling);
+    CUDA: bf16 autocast where the GPU has native bf16 (torch.cuda.is_bf16_supported(including_emulation=False):
+    Ampere and later; by default torch also counts pre-Ampere emulation), else fp32 (fp16 would need loss scaling);
     CPU: bf16 autocast + channels_last where /proc/cpuinfo has amx_bf16 or avx512_bf16 (torch's capability string
     says only 'AVX512' on AMX machines), else fp32 (bf16 autocast falls back to slow kernels on AVX2)."""
     if name == 'fp32':
@@ -66,10 +68,10 @@ def pick_dtype(name, device, cpuinfo_path='/proc/cpuinfo'):
     if name == 'bf16':
         return torch.bfloat16, 'requested'
     if device.type == 'cuda':
-        if torch.cuda.is_bf16_supported():
-            return torch.bfloat16, 'CUDA with bf16 support'
-        return torch.float32, 'this GPU has no bf16 (torch.cuda.is_bf16_supported() is False): fp32, not fp16 ' \
-                              'autocast (which would need a GradScaler)'
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return torch.bfloat16, 'CUDA with native bf16'
+        return torch.float32, 'this GPU has no native bf16 (torch.cuda.is_bf16_supported(including_emulation=False) ' \
+                              'is False; emulated bf16 is slow): fp32, not fp16 autocast (which would need a GradScaler)'
     found = [flag for flag in CPU_BF16_FLAGS if flag in cpu_flags(cpuinfo_path)]
     capability = torch.backends.cpu.get_cpu_capability()
     if not found:
@@ -110,8 +112,10 @@ class DistInfo:
     device: torch.device
 
 
-def setup_ddp(device):
-    """Under torchrun (RANK and WORLD_SIZE set): this process's GPU and a process group (nccl on GPU, gloo on CPU)."""
+def setup_ddp(device, timeout_s=None):
+    """Under torchrun (RANK and WORLD_SIZE set): this process's GPU and a process group (nccl on GPU, gloo on CPU).
+    timeout_s: how long a collective (a barrier) may wait for the other ranks (default: torch's, 10 min for NCCL);
+    train.py sizes it to its evaluation, which rank 0 runs while the others wait."""
     ddp = 'RANK' in os.environ and 'WORLD_SIZE' in os.environ
     rank = int(os.environ['RANK']) if ddp else 0
     world = int(os.environ['WORLD_SIZE']) if ddp else 1
@@ -119,7 +123,8 @@ def setup_ddp(device):
         device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))  # this process's GPU (0 without torchrun)
         torch.cuda.set_device(device)
     if ddp:
-        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+        options = {} if timeout_s is None else dict(timeout=datetime.timedelta(seconds=timeout_s))
+        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo', **options)
     return DistInfo(ddp, rank, world, device)
 
 
