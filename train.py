@@ -515,6 +515,7 @@ def train(a):
                 break
     finally:
         bar.close()
+        stop_workers(batches)
         for sig, handler in old_handlers.items():
             signal.signal(sig, handler)
     teardown_ddp(dist_info)
@@ -546,6 +547,14 @@ def write_checkpoint(a, step, train_s, model, ema, opt, dist_info):
     save_checkpoint(ck_path, state)
     if a.snapshot_every and step % a.snapshot_every == 0:
         save_checkpoint(os.path.join(a.out, f'ckpt_{step:07d}.pt'), state)
+
+
+def stop_workers(batches):
+    """Shut the loader's workers down now, on every way out of the loop. They ignore SIGTERM (trainset.worker_init),
+    so they must not be left for interpreter exit, whose multiprocessing clean-up would SIGTERM and wait for them."""
+    shutdown = getattr(batches, '_shutdown_workers', None)  # DataLoader's multi-process iterator (none with 0 workers)
+    if shutdown is not None:
+        shutdown()
 
 
 def stop_requested(signals_seen, ddp, ranks_signalled):
