@@ -12,7 +12,6 @@ Train an SR3 super-resolution model (optionally with DREAM) or a Relay Diffusion
 Writes DIR/ckpt.pt (atomic, torch.load(weights_only=True)), DIR/ckpt_<step>.pt snapshots, DIR/log.jsonl (one JSON
 object per step: step, loss; evaluation lines: step, psnr, ...), DIR/loss.png, DIR/samples_<step>.png (LR|bicubic|SR|HR).
 """
-import argparse
 import contextlib
 import copy
 import json
@@ -20,10 +19,8 @@ import math
 import os
 import re
 import signal
-import statistics
 import sys
 import time
-import tomllib
 
 import torch
 import torch.distributed as dist
@@ -36,7 +33,7 @@ from plots import plot_loss
 from runtime import (Parser, UsageError, allow_tf32, describe, memory_format, pick_device, pick_dtype, seed_everything,
                      setup_ddp, teardown_ddp, autocast)
 from tasks import (LOSS_DEFAULTS as LOSS, RDM_S_NOISE, build_model, check_resolution, compute_loss, heldout, parse_task,
-                   LEGACY_NORM_GROUPS, preset_norm_groups, sample_and_score)
+                   LEGACY_NORM_GROUPS, preset_norm_groups, sample_and_score, time_iterations)
 from trainset import check_data_flags, datasets, make_loader, to_device
 from unet import INITS, PRESETS
 
@@ -56,8 +53,7 @@ EVAL_TIMEOUT_PER_IMAGE_STEP = 2.0  # DDP: seconds the other ranks wait per held-
 # ----------------------------------------------------------------------------- flags
 def get_args(argv=None):
     p = make_parser()
-    argv = sys.argv[1:] if argv is None else list(argv)
-    a = p.parse_args(expand_configs(p, argv))
+    a = p.parse_args(argv)  # --config FILE: the file's flags at its place (runtime.Parser)
     a.task_info = parse_task(a.task)
     if a.norm_groups is None and a.model in PRESETS:
         a.norm_groups = preset_norm_groups(a.model)  # saved with the run, so the checkpoint rebuilds the same net
@@ -149,59 +145,6 @@ def make_parser():
     p.add_argument('--resume', action='store_true')
     p.add_argument('--overwrite', action='store_true')
     return p
-
-
-def expand_configs(p, argv):
-    """argv with each `--config FILE` preceded by the flags of FILE's keys, so a flag after --config overrides the
-    file and one before it is overridden (argparse keeps the last value)."""
-    out = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == '--config' and i + 1 < len(argv):
-            path = argv[i + 1]
-            out += config_flags(p, path) + [arg, path]
-            i += 2
-            continue
-        if arg.startswith('--config='):
-            out += config_flags(p, arg.split('=', 1)[1])
-        out.append(arg)
-        i += 1
-    return out
-
-
-def config_flags(p, path):
-    """The flags a TOML recipe stands for: each key is a flag's argparse name (max_iters = 2100 -> --max-iters=2100;
-    true / false for on / off flags). An unknown key, a bad value, a missing or invalid file: one line naming it."""
-    try:
-        with open(path, 'rb') as f:
-            values = tomllib.load(f)
-    except OSError as e:
-        raise UsageError(f'--config {path}: {e.strerror}')
-    except tomllib.TOMLDecodeError as e:
-        raise UsageError(f'--config {path}: not valid TOML ({e})')
-    actions = {action.dest: action for action in p._actions if action.option_strings and action.dest != 'help'}
-    flags = []
-    for key, value in values.items():
-        action = actions.get(key)
-        if action is None or key == 'config':
-            raise UsageError(f"unknown key '{key}' in {path} (the keys are train.py's flags with underscores, "
-                             'e.g. max_iters)')
-        flag = action.option_strings[-1]
-        if isinstance(action, argparse._StoreTrueAction):
-            if not isinstance(value, bool):
-                raise UsageError(f'{key} = {value!r} in {path}: must be true or false')
-            if value:
-                flags.append(flag)
-        elif isinstance(value, (bool, dict, list)):
-            raise UsageError(f'{key} = {value!r} in {path}: must be a number or a string')
-        else:
-            flags.append(f'{flag}={value}')
-    try:
-        p.parse_args(flags)  # a bad value: one line naming the file
-    except UsageError as e:
-        raise UsageError(f'{path}: {e}')
-    return flags
 
 
 def check_args(a):
@@ -331,35 +274,6 @@ def eval_timeout(a):
     return max(1800.0, EVAL_TIMEOUT_PER_IMAGE_STEP * a.eval_n * a.eval_steps)
 
 
-def random_batch(info, batch_size, device, fmt):
-    """A batch of random images in [-1, 1] with every key a task's loss reads (hr, sr, lr; image)."""
-    hr = torch.rand(batch_size, 3, info['res'], info['res'], device=device) * 2 - 1
-    lr = torch.rand(batch_size, 3, info['lr'], info['lr'], device=device) * 2 - 1
-    batch = dict(hr=hr, sr=hr.flip(-1), lr=lr, image=hr)
-    return {k: v.contiguous(memory_format=fmt) for k, v in batch.items()}
-
-
-def time_iterations(a, device, dtype, fmt, steps=2):
-    """Median seconds of `steps` training iterations (after one untimed warm-up) of a fresh copy of this run's network
-    on random images: loss, backward, Adam. The RNG states are restored: the run draws what it would have drawn."""
-    times = []
-    with torch.random.fork_rng(devices=[]):
-        model = build_model(a.task_info, a.model, a.grad_checkpoint, a.norm_groups, a.upsample, a.init)
-        model = model.to(device, memory_format=fmt).train()
-        opt = torch.optim.Adam(model.parameters(), lr=a.lr)
-        batch = random_batch(a.task_info, a.batch_size, device, fmt)
-        for _ in range(steps + 1):
-            t0 = time.perf_counter()
-            for _ in range(a.grad_accum):
-                with autocast(device, dtype):
-                    loss = compute_loss(model, batch, a).float()
-                loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times[1:])
-
-
 def cpu_cost_line(a, seconds, steps=2):
     """The one line a run of the paper network prints on a machine without a GPU, before anything else is built."""
     days = seconds * a.max_iters / 86400
@@ -385,7 +299,7 @@ def train(a):
 
     # -- no GPU and the paper's network: what it costs here, and the CPU recipe (before any data is fetched)
     if device.type == 'cpu' and not torch.cuda.is_available() and a.model == 'paper' and not ddp:
-        print(cpu_cost_line(a, time_iterations(a, device, dtype, fmt)), flush=True)
+        print(cpu_cost_line(a, time_iterations(run_flags(a), device, dtype, fmt)), flush=True)
 
     # -- data; the held-out images are loaded (and checked) now, not at the first evaluation
     train_set, val_set, note = datasets(a)
