@@ -5,12 +5,15 @@ Train an SR3 super-resolution model (optionally with DREAM) or a Relay Diffusion
     python train.py --task sr16_128 --dream --data faces_16_128              # held out: DREAM's 100 validation faces
     python train.py --config configs/quickstart_cpu.toml                     # a recipe file (TOML); flags after it override
     python train.py --task sr16_64 --data faces_16_64 --model tiny --max-iters 2000 --out out/tiny
-    python train.py --task relay16 --data faces --holdout 100                # RDM stage 1: EDM at 16x16
-    python train.py --task relay16_64 --data faces --holdout 100             # RDM stage 2: blur diffusion 16 -> 64
+    python train.py --task relay16 --data faces --holdout 100 --model tiny   # RDM stage 1: EDM at 16x16
+    python train.py --task relay16_64 --data faces --holdout 100 --model tiny  # RDM stage 2: blur diffusion 16 -> 64
     torchrun --nproc_per_node 2 train.py ...                                 # DistributedDataParallel (gloo/nccl)
 
 Writes DIR/ckpt.pt (atomic, torch.load(weights_only=True)), DIR/ckpt_<step>.pt snapshots, DIR/log.jsonl (one JSON
 object per step: step, loss; evaluation lines: step, psnr, ...), DIR/loss.png, DIR/samples_<step>.png (LR|bicubic|SR|HR).
+The defaults are the paper's setting (SR3's network, linear schedule 1e-6..1e-2 over 2000 steps, L1, Adam 1e-4, batch 4,
+1M iterations); on a machine without a GPU the paper's network first times two iterations and prints what the run
+would cost there. SIGINT / SIGTERM (also to the whole process group) save a checkpoint at the end of the step.
 """
 import contextlib
 import copy
