@@ -29,6 +29,10 @@ from tqdm import tqdm
 from dream import rectify_eps
 
 PREDICTIONS = ('eps', 'x0', 'v')
+# The largest training gamma: float32's largest value below 1 (1 - 2^-24). A float64 draw within 2^-25 of 1 (about
+# 2.5e-5 of SR3's draws) would round to 1.0 in float32, making s = sqrt(1 - gamma^2) = 0 and the x0 -> eps
+# conversion of --pred x0 (and DREAM's rectification through it) 0 * inf = NaN.
+GAMMA_MAX = 1 - 2 ** -24
 NOISE_CONDS = ('gamma', 'log_sigma')
 
 
@@ -171,11 +175,13 @@ class GaussianDiffusion:
         return g * x0 + (1 - g * g).sqrt() * eps
 
     def sample_gamma(self, b, device, generator=None):
-        """SR3 training noise levels: t ~ U{1..T}, gamma ~ U(gamma_t, gamma_{t-1}) (continuous)."""
+        """SR3 training noise levels: t ~ U{1..T}, gamma ~ U(gamma_t, gamma_{t-1}) (continuous), at most GAMMA_MAX
+        (so that s = sqrt(1 - gamma^2) > 0 also in float32)."""
         where = generator.device if generator is not None else 'cpu'
         t = torch.randint(1, self.num_timesteps + 1, (b,), generator=generator, device=where).cpu()
         u = torch.rand(b, generator=generator, dtype=torch.float64, device=where).cpu()
         g = self.gamma[t - 1] + u * (self.gamma[t] - self.gamma[t - 1])
+        g = g.clamp(max=GAMMA_MAX)
         return g.to(device)  # float64: 1 - gamma^2 near gamma = 1 needs it (log_sigma conditioning)
 
     def loss(self, x0, cond, dream_p=None, loss_type='l1', generator=None):

@@ -8,8 +8,11 @@
 Also the one error of the command lines: UsageError, a problem with flags, data or checkpoints, printed as one line.
 """
 import argparse
+import datetime
 import os
 import random
+import sys
+import tomllib
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,10 +28,67 @@ class UsageError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse that raises UsageError instead of printing usage and exiting."""
+    """argparse that raises UsageError instead of printing usage and exiting, and reads recipe files: a parser with a
+    `--config` flag replaces each `--config FILE` by the flags of FILE's keys, put before it, so a flag after --config
+    overrides the file and one before it is overridden (argparse keeps the last value). FILE is TOML whose keys are
+    the flags' argparse names: `max_iters = 2100` stands for --max-iters=2100, `dream = true` for --dream."""
 
     def error(self, message):
         raise UsageError(message)
+
+    def parse_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        if '--config' in self._option_string_actions:
+            args = self.expand_configs(args)
+        return super().parse_args(args, namespace)
+
+    def expand_configs(self, argv):
+        out = []
+        i = 0
+        while i < len(argv):
+            arg = argv[i]
+            if arg == '--config' and i + 1 < len(argv):
+                out += self.config_flags(argv[i + 1]) + [arg, argv[i + 1]]
+                i += 2
+                continue
+            if arg.startswith('--config='):
+                out += self.config_flags(arg.split('=', 1)[1])
+            out.append(arg)
+            i += 1
+        return out
+
+    def config_flags(self, path):
+        """The flags a TOML recipe stands for. An unknown key, a bad value, a missing or invalid file: one line
+        naming it."""
+        try:
+            with open(path, 'rb') as f:
+                values = tomllib.load(f)
+        except OSError as e:
+            raise UsageError(f'--config {path}: {e.strerror}')
+        except tomllib.TOMLDecodeError as e:
+            raise UsageError(f'--config {path}: not valid TOML ({e})')
+        actions = {action.dest: action for action in self._actions if action.option_strings and action.dest != 'help'}
+        flags = []
+        for key, value in values.items():
+            action = actions.get(key)
+            if action is None or key == 'config':
+                raise UsageError(f"unknown key '{key}' in {path} (the keys are the flags with underscores, "
+                                 'e.g. max_iters)')
+            flag = action.option_strings[-1]
+            if isinstance(action, argparse._StoreTrueAction):
+                if not isinstance(value, bool):
+                    raise UsageError(f'{key} = {value!r} in {path}: must be true or false')
+                if value:
+                    flags.append(flag)
+            elif isinstance(value, (bool, dict, list)):
+                raise UsageError(f'{key} = {value!r} in {path}: must be a number or a string')
+            else:
+                flags.append(f'{flag}={value}')
+        try:
+            super().parse_args(flags)  # a bad value: one line naming the file
+        except UsageError as e:
+            raise UsageError(f'{path}: {e}')
+        return flags
 
 
 # ----------------------------------------------------------------------------- device and precision
@@ -58,7 +118,8 @@ def cpu_flags(cpuinfo_path='/proc/cpuinfo'):
 
 def pick_dtype(name, device, cpuinfo_path='/proc/cpuinfo'):
     """(dtype, reason). 'auto' decides from the hardware, the same way every time on the same machine:
-    CUDA: bf16 autocast where torch.cuda.is_bf16_supported(), else fp32 (fp16 would need loss scaling);
+    CUDA: bf16 autocast where the GPU has native bf16 (torch.cuda.is_bf16_supported(including_emulation=False):
+    Ampere and later; by default torch also counts pre-Ampere emulation), else fp32 (fp16 would need loss scaling);
     CPU: bf16 autocast + channels_last where /proc/cpuinfo has amx_bf16 or avx512_bf16 (torch's capability string
     says only 'AVX512' on AMX machines), else fp32 (bf16 autocast falls back to slow kernels on AVX2)."""
     if name == 'fp32':
@@ -66,10 +127,10 @@ def pick_dtype(name, device, cpuinfo_path='/proc/cpuinfo'):
     if name == 'bf16':
         return torch.bfloat16, 'requested'
     if device.type == 'cuda':
-        if torch.cuda.is_bf16_supported():
-            return torch.bfloat16, 'CUDA with bf16 support'
-        return torch.float32, 'this GPU has no bf16 (torch.cuda.is_bf16_supported() is False): fp32, not fp16 ' \
-                              'autocast (which would need a GradScaler)'
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return torch.bfloat16, 'CUDA with native bf16'
+        return torch.float32, 'this GPU has no bf16 in hardware (torch.cuda.is_bf16_supported(including_emulation=False) ' \
+                              'is False; emulation is slow): fp32, not fp16 autocast (which would need a GradScaler)'
     found = [flag for flag in CPU_BF16_FLAGS if flag in cpu_flags(cpuinfo_path)]
     capability = torch.backends.cpu.get_cpu_capability()
     if not found:
@@ -110,8 +171,10 @@ class DistInfo:
     device: torch.device
 
 
-def setup_ddp(device):
-    """Under torchrun (RANK and WORLD_SIZE set): this process's GPU and a process group (nccl on GPU, gloo on CPU)."""
+def setup_ddp(device, timeout_s=None):
+    """Under torchrun (RANK and WORLD_SIZE set): this process's GPU and a process group (nccl on GPU, gloo on CPU).
+    timeout_s: how long a collective (a barrier) may wait for the other ranks (default: torch's, 10 min for NCCL);
+    train.py sizes it to its evaluation, which rank 0 runs while the others wait."""
     ddp = 'RANK' in os.environ and 'WORLD_SIZE' in os.environ
     rank = int(os.environ['RANK']) if ddp else 0
     world = int(os.environ['WORLD_SIZE']) if ddp else 1
@@ -119,7 +182,8 @@ def setup_ddp(device):
         device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))  # this process's GPU (0 without torchrun)
         torch.cuda.set_device(device)
     if ddp:
-        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+        options = {} if timeout_s is None else dict(timeout=datetime.timedelta(seconds=timeout_s))
+        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo', **options)
     return DistInfo(ddp, rank, world, device)
 
 

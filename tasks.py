@@ -9,6 +9,8 @@ Every function takes the run's settings as a plain dict (a checkpoint's 'args', 
 one place, `make_diffusion` / `compute_loss`, turns flags into the diffusion and the loss.
 """
 import re
+import statistics
+import time
 
 import torch
 import torch.nn.functional as F
@@ -130,6 +132,37 @@ def compute_loss(net, batch, cfg):
     return relay.blur_loss(D, batch['image'], block=info['block'], blur_sigma_max=cfg['blur_sigma_max'],
                            prob_length=cfg['prob_length'], block_scale=relay_noise(cfg)[1], dream_p=dream_p,
                            D_nograd=D_nograd)
+
+
+def random_batch(info, batch_size, device, fmt=torch.contiguous_format):
+    """A batch of random images in [-1, 1] with every key a task's loss reads (hr, sr, lr; image)."""
+    hr = torch.rand(batch_size, 3, info['res'], info['res'], device=device) * 2 - 1
+    lr = torch.rand(batch_size, 3, info['lr'], info['lr'], device=device) * 2 - 1
+    batch = dict(hr=hr, sr=hr.flip(-1), lr=lr, image=hr)
+    return {k: v.contiguous(memory_format=fmt) for k, v in batch.items()}
+
+
+def time_iterations(cfg, device, dtype, fmt=torch.contiguous_format, steps=2):
+    """Median seconds of `steps` training iterations (after one untimed warm-up) of a fresh network of the run's flags
+    `cfg` on random images: --grad-accum losses and backward passes, an Adam step. The RNG states are restored, so
+    a run that calls it draws what it would have drawn."""
+    times = []
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(cfg['task'], cfg['model'], cfg.get('grad_checkpoint', False), cfg.get('norm_groups'),
+                            cfg.get('upsample', 'nearest'), cfg.get('init', 'default'))
+        model = model.to(device, memory_format=fmt).train()
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.get('lr', 1e-4))
+        batch = random_batch(task_info(cfg['task']), cfg['batch_size'], device, fmt)
+        for _ in range(steps + 1):
+            t0 = time.perf_counter()
+            for _ in range(cfg.get('grad_accum', 1)):
+                with autocast(device, dtype):
+                    loss = compute_loss(model, batch, cfg).float()
+                loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
 
 
 # ----------------------------------------------------------------------------- sampling held-out images

@@ -3,13 +3,17 @@ Train an SR3 super-resolution model (optionally with DREAM) or a Relay Diffusion
 
     python data.py prepare SRC faces_16_128 --lr 16 --hr 128                 # a training set from any face folder
     python train.py --task sr16_128 --dream --data faces_16_128              # held out: DREAM's 100 validation faces
+    python train.py --config configs/quickstart_cpu.toml                     # a recipe file (TOML); flags after it override
     python train.py --task sr16_64 --data faces_16_64 --model tiny --max-iters 2000 --out out/tiny
-    python train.py --task relay16 --data faces --holdout 100                # RDM stage 1: EDM at 16x16
-    python train.py --task relay16_64 --data faces --holdout 100             # RDM stage 2: blur diffusion 16 -> 64
+    python train.py --task relay16 --data faces --holdout 100 --model tiny   # RDM stage 1: EDM at 16x16
+    python train.py --task relay16_64 --data faces --holdout 100 --model tiny  # RDM stage 2: blur diffusion 16 -> 64
     torchrun --nproc_per_node 2 train.py ...                                 # DistributedDataParallel (gloo/nccl)
 
 Writes DIR/ckpt.pt (atomic, torch.load(weights_only=True)), DIR/ckpt_<step>.pt snapshots, DIR/log.jsonl (one JSON
 object per step: step, loss; evaluation lines: step, psnr, ...), DIR/loss.png, DIR/samples_<step>.png (LR|bicubic|SR|HR).
+The defaults are the paper's setting (SR3's network, linear schedule 1e-6..1e-2 over 2000 steps, L1, Adam 1e-4, batch 4,
+1M iterations); on a machine without a GPU the paper's network first times two iterations and prints what the run
+would cost there. SIGINT / SIGTERM (also to the whole process group) save a checkpoint at the end of the step.
 """
 import contextlib
 import copy
@@ -32,17 +36,41 @@ from plots import plot_loss
 from runtime import (Parser, UsageError, allow_tf32, describe, memory_format, pick_device, pick_dtype, seed_everything,
                      setup_ddp, teardown_ddp, autocast)
 from tasks import (LOSS_DEFAULTS as LOSS, RDM_S_NOISE, build_model, check_resolution, compute_loss, heldout, parse_task,
-                   LEGACY_NORM_GROUPS, preset_norm_groups, sample_and_score)
+                   LEGACY_NORM_GROUPS, preset_norm_groups, sample_and_score, time_iterations)
 from trainset import check_data_flags, datasets, make_loader, to_device
 from unet import INITS, PRESETS
 
-POSITIVE = 'max_iters batch_size grad_accum timesteps log_every eval_n eval_steps ckpt_every eval_every lr'.split()
+POSITIVE = 'max_iters batch_size grad_accum timesteps log_every eval_n eval_steps eval_batch ckpt_every eval_every lr'.split()
 NON_NEGATIVE = ['snapshot_every', 'holdout', 'warmup', 'temperature', 'block_noise', 'project_smooth']
+# --resume refuses a change of these (what the network learns, and how): one line naming the flag. Allowed: --max-iters,
+# logging, evaluation and sampling flags, hardware (--device, --dtype, --compile, --workers, --grad-checkpoint),
+# --data (a folder may move), --lr-horizon (said aloud).
+LEARNING_FLAGS = ('norm_groups', 'upsample', 'pred', 'residual', 'noise_cond', 'init', 'schedule', 'timesteps',
+                  'beta_start', 'beta_end', 'loss', 'dream', 'dream_p', 'blur_sigma_max', 'prob_length', 'block_noise',
+                  'batch_size', 'grad_accum', 'lr', 'lr_schedule', 'warmup', 'ema_decay', 'seed', 'holdout')
+PAPER_ITERS = 1_000_000  # SR3's and DREAM's 16 -> 128 face training: 1M iterations (the default --max-iters)
+CPU_RECIPE = 'configs/quickstart_cpu.toml'
+EVAL_TIMEOUT_PER_IMAGE_STEP = 2.0  # DDP: seconds the other ranks wait per held-out image and sampling step (generous)
 
 
 # ----------------------------------------------------------------------------- flags
 def get_args(argv=None):
+    p = make_parser()
+    a = p.parse_args(argv)  # --config FILE: the file's flags at its place (runtime.Parser)
+    a.task_info = parse_task(a.task)
+    if a.norm_groups is None and a.model in PRESETS:
+        a.norm_groups = preset_norm_groups(a.model)  # saved with the run, so the checkpoint rebuilds the same net
+    if a.lr_horizon is None and not a.resume:
+        a.lr_horizon = a.max_iters  # a resumed run keeps its checkpoint's horizon (train)
+    check_args(a)
+    return a
+
+
+def make_parser():
+    """train.py's flags. With no flags: the paper's setting (sr16_128, SR3's network, schedule and optimiser)."""
     p = Parser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--config', default=None, help='a recipe: TOML whose keys are these flags with underscores '
+                   '(max_iters = 2100); flags after --config override it (configs/)')
     # task and method
     p.add_argument('--task', default='sr16_128')
     p.add_argument('--dream', action='store_true', help='DREAM rectified loss')
@@ -57,14 +85,18 @@ def get_args(argv=None):
                    "DREAM's 100 validation faces (a smoke test of the code, never a result)")
     p.add_argument('--out', default='out')
     # network and optimisation
-    p.add_argument('--model', default='small', choices=list(PRESETS))
-    p.add_argument('--max-iters', type=int, default=1_000_000)
+    p.add_argument('--model', default='paper', choices=list(PRESETS), help="the network (default: SR3's paper network; "
+                   'tiny trains on a CPU in minutes)')
+    p.add_argument('--max-iters', type=int, default=PAPER_ITERS, help='training iterations (SR3 / DREAM: 1M)')
     p.add_argument('--batch-size', type=int, default=4, help='per process (paper: 4)')
     p.add_argument('--grad-accum', type=int, default=1, help='global batch = batch x K x world size')
     p.add_argument('--grad-checkpoint', action='store_true', help='activation checkpointing in the UNet')
     p.add_argument('--lr', type=float, default=1e-4)
     p.add_argument('--lr-schedule', default='constant', choices=['constant', 'cosine'],
-                   help='constant (SR3) or cosine decay to 0 at --max-iters')
+                   help='constant (SR3) or cosine decay to 0 at --lr-horizon')
+    p.add_argument('--lr-horizon', type=int, default=None, help='cosine: the iteration where the learning rate '
+                   "reaches 0 (default: the first run's --max-iters; kept in the checkpoint, so --resume with a larger "
+                   '--max-iters keeps the schedule)')
     p.add_argument('--warmup', type=int, default=0, help='linear learning-rate warm-up iterations')
     p.add_argument('--ema-decay', type=float, default=0.9999)
     p.add_argument('--seed', type=int, default=0, help='rank r of a DDP run seeds its noise with seed + 1000 r')
@@ -110,16 +142,12 @@ def get_args(argv=None):
     p.add_argument('--eval-every', type=int, default=1000)
     p.add_argument('--eval-n', type=int, default=16, help='held-out images per evaluation')
     p.add_argument('--eval-steps', type=int, default=100, help='sampling steps for evaluation')
+    p.add_argument('--eval-batch', type=int, default=100, help='held-out images sampled at a time in an evaluation')
     p.add_argument('--ckpt-every', type=int, default=1000)
     p.add_argument('--snapshot-every', type=int, default=0, help='also keep ckpt_<step>.pt every N steps')
     p.add_argument('--resume', action='store_true')
     p.add_argument('--overwrite', action='store_true')
-    a = p.parse_args(argv)
-    a.task_info = parse_task(a.task)
-    if a.norm_groups is None and a.model in PRESETS:
-        a.norm_groups = preset_norm_groups(a.model)  # saved with the run, so the checkpoint rebuilds the same net
-    check_args(a)
-    return a
+    return p
 
 
 def check_args(a):
@@ -136,6 +164,9 @@ def check_args(a):
         raise UsageError(f'--project-smooth {a.project_smooth} has no effect without --project')
     if a.norm_groups is not None and not a.norm_groups > 0:
         raise UsageError(f'--norm-groups must be positive, got {a.norm_groups}')
+    if a.lr_horizon is not None and not a.lr_horizon > 0:
+        raise UsageError(f'--lr-horizon must be positive, got {a.lr_horizon}')
+    check_horizon(a)
     if a.eval_steps > a.timesteps:
         raise UsageError(f'--eval-steps {a.eval_steps} exceeds --timesteps {a.timesteps}')
     if a.resume and not os.path.exists(os.path.join(a.out, 'ckpt.pt')):
@@ -146,13 +177,41 @@ def check_args(a):
     check_data_flags(a)
 
 
+def check_horizon(a):
+    """A cosine schedule ends at --lr-horizon: iterations past it would train at learning rate 0."""
+    if a.lr_schedule == 'cosine' and a.lr_horizon is not None and a.max_iters > a.lr_horizon:
+        raise UsageError(f'--max-iters {a.max_iters} runs past the cosine schedule\'s end (--lr-horizon '
+                         f'{a.lr_horizon}), where the learning rate is 0: pass --lr-horizon to move it')
+
+
 def check_same_formulation(path, saved, a):
-    """--resume continues the network and the loss it was trained with: refuse other SR options in one line."""
+    """--resume continues what the network learns and how (LEARNING_FLAGS): refuse a change in one line naming the
+    flag. Flags a checkpoint predates read their old defaults (the loss flags, GroupNorm, upsampling) or are skipped."""
     saved_values = {**LOSS, 'norm_groups': LEGACY_NORM_GROUPS, 'upsample': 'nearest', **saved}
-    for key in ('norm_groups', 'upsample', 'pred', 'residual', 'noise_cond'):
-        if saved_values[key] != getattr(a, key):
-            flag = '--' + key.replace('_', '-')
-            raise UsageError(f'--resume: {path} was trained with {flag} {saved_values[key]}, not {getattr(a, key)}')
+    for key in LEARNING_FLAGS:
+        if key not in saved_values or saved_values[key] == getattr(a, key):
+            continue
+        flag = '--' + key.replace('_', '-')
+        if isinstance(saved_values[key], bool):
+            was = f'with {flag}' if saved_values[key] else f'without {flag}'
+            now = 'with it' if getattr(a, key) else 'without it'
+            raise UsageError(f'--resume: {path} was trained {was}, not {now}; start a new run (another --out) to change it')
+        raise UsageError(f'--resume: {path} was trained with {flag} {saved_values[key]}, not {getattr(a, key)}; '
+                         'start a new run (another --out) to change it')
+
+
+def resume_horizon(a, saved, step, say):
+    """--lr-horizon on --resume: the checkpoint's (older checkpoints: their --max-iters) unless given; a change is
+    said aloud with the learning-rate jump it makes."""
+    saved_horizon = saved.get('lr_horizon') or saved['max_iters']
+    if a.lr_horizon is None:
+        a.lr_horizon = saved_horizon
+    elif a.lr_horizon != saved_horizon and a.lr_schedule == 'cosine':
+        old = copy.copy(a)
+        old.lr_horizon = saved_horizon
+        say(f'--lr-horizon {saved_horizon} -> {a.lr_horizon}: the cosine learning rate jumps from '
+            f'{lr_at(old, step):.3g} to {lr_at(a, step):.3g}')
+    check_horizon(a)
 
 
 def holds_a_run(out):
@@ -191,20 +250,45 @@ def run_flags(a):
     return {k: v for k, v in vars(a).items() if k != 'task_info'}
 
 
-def run_eval(ema, a, val, step, device, dtype):
-    """Sample --eval-n held-out images with the EMA model (own generator: the training RNG never moves)."""
+def run_eval(ema, a, val_batch, step, device, dtype):
+    """Sample the held-out images (val_batch: --eval-n of them, loaded at start-up) with the EMA model, --eval-batch
+    at a time, --eval-steps steps (own generator: the training RNG never moves). Metrics: the mean over all images
+    (each batch's means weighted by its size)."""
     cfg = run_flags(a)
-    steps = a.eval_steps if a.task_info['kind'] != 'relay1' else min(a.eval_steps, 40)
-    res, grid, ncol = sample_and_score(ema, cfg, heldout(val, a.eval_n), steps,
-                                       generator=torch.Generator().manual_seed(1234), device=device, dtype=dtype)
-    data.save_grid(grid, os.path.join(a.out, f'samples_{step:07d}.png'), nrow=ncol)
-    return {k: float(v) for k, v in res.items() if k != 'n'}
+    generator = torch.Generator().manual_seed(1234)
+    n = len(next(iter(val_batch.values())))
+    sums, count, grids = {}, 0, []
+    for first in range(0, n, a.eval_batch):
+        chunk = {k: v[first:first + a.eval_batch] for k, v in val_batch.items()}
+        res, grid, ncol = sample_and_score(ema, cfg, chunk, a.eval_steps, generator=generator, device=device,
+                                           dtype=dtype)
+        grids.append(grid)
+        size = res.pop('n', 0)
+        count += size
+        for k, v in res.items():
+            sums[k] = sums.get(k, 0.0) + float(v) * size
+    data.save_grid(torch.cat(grids), os.path.join(a.out, f'samples_{step:07d}.png'), nrow=ncol)
+    return {k: v / count for k, v in sums.items()}
+
+
+def eval_timeout(a):
+    """DDP: seconds a rank may wait in a collective while rank 0 evaluates (torch's default, 10 min, is too short for
+    the paper network's evaluation): generous per held-out image and sampling step, at least 30 min."""
+    return max(1800.0, EVAL_TIMEOUT_PER_IMAGE_STEP * a.eval_n * a.eval_steps)
+
+
+def cpu_cost_line(a, seconds, steps=2):
+    """The one line a run of the paper network prints on a machine without a GPU, before anything else is built."""
+    days = seconds * a.max_iters / 86400
+    return (f'no GPU: one {a.task} iteration of --model {a.model} at batch {a.batch_size} takes {seconds:.1f} s on '
+            f'this CPU (median of {steps} timed): --max-iters {a.max_iters:,} would take {days:,.1f} days here; '
+            f'the CPU recipe: python train.py --config {CPU_RECIPE}')
 
 
 # ----------------------------------------------------------------------------- training
 def train(a):
     # -- set-up: device, precision, DDP, seeds (each rank its own noise)
-    dist_info = setup_ddp(pick_device(a.device))
+    dist_info = setup_ddp(pick_device(a.device), timeout_s=eval_timeout(a))
     ddp, rank, world, device = dist_info.ddp, dist_info.rank, dist_info.world, dist_info.device
     allow_tf32(device)
     dtype, why = pick_dtype(a.dtype, device)
@@ -216,8 +300,13 @@ def train(a):
     ck_path = os.path.join(a.out, 'ckpt.pt')
     log_path = os.path.join(a.out, 'log.jsonl')
 
-    # -- data
+    # -- no GPU and the paper's network: what it costs here, and the CPU recipe (before any data is fetched)
+    if device.type == 'cpu' and not torch.cuda.is_available() and a.model == 'paper' and not ddp:
+        print(cpu_cost_line(a, time_iterations(run_flags(a), device, dtype, fmt)), flush=True)
+
+    # -- data; the held-out images are loaded (and checked) now, not at the first evaluation
     train_set, val_set, note = datasets(a)
+    val_batch = heldout(val_set, a.eval_n)
     say(f'{len(train_set)} training images; evaluation on {min(a.eval_n, len(val_set))} images ({note}), '
         f'{a.eval_steps} steps')
 
@@ -231,6 +320,7 @@ def train(a):
     if a.resume:
         ck = load_checkpoint(ck_path, task=a.task, model=a.model)
         check_same_formulation(ck_path, ck['args'], a)
+        resume_horizon(a, ck['args'], ck['step'], say)
         load_weights(ck_path, [(model, ck['model']), (opt, ck['opt'])])
         step = ck['step']
         train_s = ck.get('train_s', 0.0)
@@ -314,10 +404,16 @@ def train(a):
                 bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", img_s=f"{rows[-1]['img_s']:.2f}")
             bar.update(1)
 
+            # checkpoint, before the evaluation: an evaluation that fails loses nothing (and after a signal)
+            stopping = stop_requested(signals_seen, ddp, ranks_signalled)
+            saved = save_due or stopping
+            if saved:
+                write_checkpoint(a, step, train_s, model, ema, opt, dist_info)
+
             # evaluation of the EMA model on held-out images (rank 0; never after a signal)
-            if eval_due and not stop_requested(signals_seen, ddp, ranks_signalled):
+            if eval_due and not stopping:
                 if rank == 0:
-                    res = run_eval(ema, a, val_set, step, device, dtype)
+                    res = run_eval(ema, a, val_batch, step, device, dtype)
                     if res:
                         log_lines(log_path, [dict(step=step, eval=True, eval_steps=a.eval_steps, **res)])
                         bar.write(f'step {step}: ' + ', '.join(f'{k} {v:.4f}' for k, v in res.items()))
@@ -326,18 +422,17 @@ def train(a):
                 if ddp:
                     dist.barrier()
 
-            # checkpoint (and stop, after a signal: one that came during the evaluation too)
+            # stop on a signal (one that came during the evaluation too: checkpoint first)
             stopping = stop_requested(signals_seen, ddp, ranks_signalled)
-            if save_due or stopping:
+            if stopping and not saved:
                 write_checkpoint(a, step, train_s, model, ema, opt, dist_info)
-
-            # stop on a signal
             if stopping:
                 name = signal.Signals(signals_seen[0]).name if signals_seen else 'a signal to another rank'
                 say(f'{name}: checkpoint saved at step {step} in {ck_path}; continue with --resume')
                 break
     finally:
         bar.close()
+        stop_workers(batches)
         for sig, handler in old_handlers.items():
             signal.signal(sig, handler)
     teardown_ddp(dist_info)
@@ -345,11 +440,13 @@ def train(a):
 
 
 def lr_at(a, step):
-    """Learning rate of iteration step + 1: linear warm-up over --warmup, then constant or cosine to 0 at --max-iters
-    (a function of the step alone, so a resumed run follows the same schedule)."""
+    """Learning rate of iteration step + 1: linear warm-up over --warmup, then constant or cosine to 0 at --lr-horizon
+    (a function of the step and the horizon the checkpoint keeps, so a resumed run follows the same schedule, also
+    with a larger --max-iters)."""
     lr = a.lr * min(1.0, (step + 1) / a.warmup) if a.warmup else a.lr
     if a.lr_schedule == 'cosine':
-        lr *= 0.5 * (1 + math.cos(math.pi * min(step, a.max_iters) / a.max_iters))
+        horizon = a.lr_horizon or a.max_iters
+        lr *= 0.5 * (1 + math.cos(math.pi * min(step, horizon) / horizon))
     return lr
 
 
@@ -367,6 +464,14 @@ def write_checkpoint(a, step, train_s, model, ema, opt, dist_info):
     save_checkpoint(ck_path, state)
     if a.snapshot_every and step % a.snapshot_every == 0:
         save_checkpoint(os.path.join(a.out, f'ckpt_{step:07d}.pt'), state)
+
+
+def stop_workers(batches):
+    """Shut the loader's workers down now, on every way out of the loop. They ignore SIGTERM (trainset.worker_init),
+    so they must not be left for interpreter exit, whose multiprocessing clean-up would SIGTERM and wait for them."""
+    shutdown = getattr(batches, '_shutdown_workers', None)  # DataLoader's multi-process iterator (none with 0 workers)
+    if shutdown is not None:
+        shutdown()
 
 
 def stop_requested(signals_seen, ddp, ranks_signalled):

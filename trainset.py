@@ -74,6 +74,9 @@ def datasets(a):
     if a.data is None and a.task == 'sr16_128':
         fetch_ffhq(a)
     train_root, split_val = data.split_root(a.data)
+    if split_val is not None and train_root == a.data:  # DATA/val without DATA/train: DATA would include DATA/val
+        raise UsageError(f'{a.data} has val/ but no train/: training on {a.data} would include its held-out images; '
+                         f'move the training images into {a.data}/train')
     val_root = a.val_data or split_val
     train = make(train_root)
     if val_root is not None:
@@ -116,7 +119,11 @@ class StepBatches(torch.utils.data.Sampler):
 
 
 def worker_init(_):
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the main process handles it
+    """Loader workers ignore SIGINT and SIGTERM: Ctrl-C, torchrun (killpg) and schedulers signal the whole process
+    group, and the main process stops the run at a step boundary with a checkpoint. Workers still exit when the
+    loader shuts down or the main process dies (torch's watchdog)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def make_loader(train_set, a, dist_info, start_step):
