@@ -7,8 +7,10 @@ Images are matched by file name (without extension); `--json` prints one JSON ob
 
     python evaluate.py --pred runs/relay_gen --gt data/faces_64 --kid --fid [--kid-subset N] [--json]
 
---kid / --fid (generation, RDM's metrics; keys kid, kid_std, fid): all images of --pred vs all of --gt, names need
-not match; real images of another size are resized (bicubic, data.resize) to the size of the samples. They use
+--kid / --fid (generation, RDM's metrics; keys kid, kid_std, fid): every image under --pred (recursive; all of one
+size, so a stray grid is refused by name) vs every one under --gt, names need not match; real images of another size
+are resized (bicubic, data.resize) to the size of the samples. The images stream through the metrics in batches, and
+the report says which files were scored (key `scored`: how many, under which folder, first .. last). They use
 torch-fidelity's Inception (optional: pip install torch-fidelity; weights download once). When it is missing or
 offline, one line on stderr says so, the other metrics still print and the exit code stays 0.
 """

@@ -39,6 +39,7 @@ RELAY_FIRST, RELAY_SECOND = 'relay16.pt', 'relay16_64.pt'
 # held-out scores of pretrained/README.md), within issue 32's budget of 60 s per demo of 16 faces on 2 CPU cores
 # (measured with tiny at 64x64: SR 100 steps 13.5 s, relay 40 + 40 steps 6.3 s of one core's time).
 SR_STEPS = 100
+RELAY_STEPS = 40
 GRID_ROWS = 16  # the grid shows the first 16 images
 
 
@@ -51,7 +52,8 @@ def get_args(argv=None):
     p.add_argument('--pretrained-dir', default=os.environ.get(PRETRAINED_ENV, PRETRAINED_DIR),
                    help=f'where the shipped models are (default ${PRETRAINED_ENV}, else pretrained/)')
     p.add_argument('--steps', type=int, default=None,
-                   help=f"SR sampling steps (default {SR_STEPS}); at most the run's --timesteps")
+                   help=f"SR sampling steps (default {SR_STEPS}); at most the run's --timesteps. With --relay: "
+                        "both stages' steps, unless --steps-first / --steps-second say otherwise")
     p.add_argument('--sampler', default='ddpm', choices=['ddpm', 'ddim'])
     p.add_argument('--eta', type=float, default=None, help='DDIM: share of fresh noise per step (default 0)')
     p.add_argument('--temperature', type=float, default=None,
@@ -67,8 +69,10 @@ def get_args(argv=None):
     p.add_argument('--ckpt-first', help=f'relay stage 1 (relayL) checkpoint (default: shipped {RELAY_FIRST})')
     p.add_argument('--ckpt-second', help=f'relay stage 2 (relayL_H) checkpoint (default: shipped {RELAY_SECOND})')
     p.add_argument('--n', type=int, default=16, help='images to generate (two-stage relay)')
-    p.add_argument('--steps-first', type=int, default=40, help='relay stage 1 (EDM Heun) steps')
-    p.add_argument('--steps-second', type=int, default=40, help='relay stage 2 (blur, 2nd order) steps')
+    p.add_argument('--steps-first', type=int, default=None,
+                   help=f'relay stage 1 (EDM Heun) steps (default --steps, else {RELAY_STEPS})')
+    p.add_argument('--steps-second', type=int, default=None,
+                   help=f'relay stage 2 (blur, 2nd order) steps (default --steps, else {RELAY_STEPS})')
     p.add_argument('--truncation-sigma', type=float, default=None,
                    help="where stage 2 starts (default 0.9, RDM's, or lower if the model's blur process ends lower)")
     p.add_argument('--truncation-t', type=float, default=None, help="default: the stage-2 model's --prob-length")
@@ -99,7 +103,7 @@ def get_args(argv=None):
 def check_sr_flags(a):
     """Flags that would do nothing are refused: SR flags with --relay, --eta with DDPM, --temperature with DDIM at
     eta 0 (no noise to scale), --project-smooth with --no-project."""
-    sr_flags = [f for f, v in (('--ckpt', a.ckpt), ('--steps', a.steps), ('--eta', a.eta), ('--temperature',
+    sr_flags = [f for f, v in (('--ckpt', a.ckpt), ('--eta', a.eta), ('--temperature',
                 a.temperature), ('--project', a.project), ('--project-smooth', a.project_smooth)) if v is not None]
     if a.relay and sr_flags:
         raise UsageError(f'{sr_flags[0]} acts on super-resolution only, not on --relay')
@@ -136,6 +140,8 @@ def pick_relay_models(a):
         raise UsageError('--relay with --ckpt-first needs --ckpt-second')
     if not (a.ckpt_first or a.input):
         raise UsageError('--relay needs --ckpt-first (two-stage generation) or --input (stage 2 on given images)')
+    a.steps_first = a.steps_first or a.steps or RELAY_STEPS
+    a.steps_second = a.steps_second or a.steps or RELAY_STEPS
 
 
 def pick_sr_model(pretrained_dir, size):
