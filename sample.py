@@ -103,8 +103,9 @@ def get_args(argv=None):
 def check_sr_flags(a):
     """Flags that would do nothing are refused: SR flags with --relay, --eta with DDPM, --temperature with DDIM at
     eta 0 (no noise to scale), --project-smooth with --no-project."""
-    sr_flags = [f for f, v in (('--ckpt', a.ckpt), ('--eta', a.eta), ('--temperature',
-                a.temperature), ('--project', a.project), ('--project-smooth', a.project_smooth)) if v is not None]
+    sr_only = {'--ckpt': a.ckpt, '--eta': a.eta, '--temperature': a.temperature, '--project': a.project,
+               '--project-smooth': a.project_smooth}
+    sr_flags = [flag for flag, value in sr_only.items() if value is not None]
     if a.relay and sr_flags:
         raise UsageError(f'{sr_flags[0]} acts on super-resolution only, not on --relay')
     if a.eta is not None and a.sampler != 'ddim':
@@ -262,14 +263,15 @@ def sample_sr(a, device, dtype):
                 psnr_sr.append(metrics.psnr(out[i], original).item())
                 psnr_bicubic.append(metrics.psnr(bicubic[i], original).item())
             if len(rows) < GRID_ROWS:
-                rows.append([F.interpolate(lr[i:i + 1], size=task['hr'], mode='nearest')[0], bicubic[i], out[i], original])
+                lr_big = F.interpolate(lr[i:i + 1], size=task['hr'], mode='nearest')[0]
+                rows.append([lr_big, bicubic[i], out[i], original])
     if psnr_sr:
         print(f"PSNR against the originals ({len(psnr_sr)} images, {task['hr']}x{task['hr']}): "
               f"SR {sum(psnr_sr) / len(psnr_sr):.2f} dB, bicubic {sum(psnr_bicubic) / len(psnr_bicubic):.2f} dB")
-    with_original = any(row[3] is not None for row in rows)
+    ncol = 4 if any(row[3] is not None for row in rows) else 3  # the original's column if any input had one
     blank = torch.ones(3, task['hr'], task['hr'])  # white where an input had no original
-    grid = [img if img is not None else blank for row in rows for img in row[:4 if with_original else 3]]
-    return len(inputs), grid, 4 if with_original else 3
+    grid = [img if img is not None else blank for row in rows for img in row[:ncol]]
+    return len(inputs), grid, ncol
 
 
 def sample_relay(a, device, dtype):

@@ -105,7 +105,8 @@ def test_sample_py_samples_as_the_training_evaluation_does(pairs, sr_run, tmp_pa
     model, cfg = checkpoint.load_model(sr_run)
     assert cfg['project'] and cfg['temperature'] == 0.6
     val = data.SRPairs(os.path.join(pairs, 'val'), 4, 16)
-    _, grid, ncol = tasks.sample_and_score(model, cfg, tasks.heldout(val, 2), 3, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    _, grid, ncol = tasks.sample_and_score(model, cfg, tasks.heldout(val, 2), 3, generator=generator)
     want = data.to_uint8(grid[2::ncol]).permute(0, 2, 3, 1).numpy()  # columns LR | bicubic | SR | HR
     sample.main(['--ckpt', sr_run, '--input', os.path.join(pairs, 'val', 'lr_4'), '--out', str(tmp_path / 'a'),
                  '--steps', '3', '--seed', '0'] + CPU)
