@@ -337,3 +337,12 @@ def test_the_shipped_sr_model_is_picked_from_the_input_size(tmp_path):
     for size, want in ((16, 'sr16_64.pt'), (40, 'sr16_64.pt'), (100, 'sr16_64.pt'), (128, 'sr16_128.pt'),
                        (1000, 'sr16_128.pt')):
         assert os.path.basename(sample.pick_sr_model(str(tmp_path), size)) == want, size
+
+
+def test_relay_steps_default_to_steps_then_40(tmp_path):
+    own = ['--relay', '--ckpt-first', 'a.pt', '--ckpt-second', 'b.pt']
+    a = sample.get_args(own)
+    assert (a.steps_first, a.steps_second) == (sample.RELAY_STEPS, sample.RELAY_STEPS) == (40, 40)
+    a = sample.get_args(own + ['--steps', '7', '--steps-second', '3'])
+    assert (a.steps_first, a.steps_second) == (7, 3)
+    assert a.out == os.path.join('samples', 'relay') and a.grid == os.path.join('samples', 'relay_grid.png')
