@@ -37,7 +37,8 @@ def pngs(folder):
     out = {}
     for dirpath, _, files in os.walk(folder):
         for f in files:
-            out[os.path.relpath(os.path.join(dirpath, f), folder)] = np.asarray(Image.open(os.path.join(dirpath, f)))
+            with Image.open(os.path.join(dirpath, f)) as im:
+                out[os.path.relpath(os.path.join(dirpath, f), folder)] = np.asarray(im)
     return out
 
 
@@ -203,7 +204,8 @@ def test_the_grid_lies_beside_the_samples_and_kid_scores_the_samples_only(pairs,
     flat = Pooled()
     res = evaluate.generation_metrics(str(out), os.path.join(pairs, 'val', 'hr_16'), feature=flat)
     assert res['n_fake'] == 2 and res['scored'].startswith(f'2 images under {out} (00.png .. 01.png)')
-    Image.open(f'{out}_grid.png').save(out / 'grid.png')  # an old layout's grid among the samples: refused by name
+    with Image.open(f'{out}_grid.png') as grid:
+        grid.save(out / 'grid.png')  # an old layout's grid among the samples: refused by name
     with pytest.raises(data.DataError, match='grid.png'):
         evaluate.generation_metrics(str(out), os.path.join(pairs, 'val', 'hr_16'), feature=flat)
 
