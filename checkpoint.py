@@ -65,11 +65,54 @@ def load_weights(path, pairs):
 
 
 def load_model(path, device='cpu', ema=True, task=None):
-    """The (EMA) network of a checkpoint, in eval mode, with its flags. For sampling and evaluation."""
-    ck = load_checkpoint(path, task=task)
+    """The (EMA) network of a checkpoint, full or exported (export_pretrained), in eval mode, with its flags.
+    For sampling and evaluation. An exported file holds the EMA weights only, in bf16: they come back as fp32."""
+    ck = load_for_sampling(path, task=task)
+    if not ema and 'model' not in ck:
+        raise UsageError(f'checkpoint {path}: an exported model holds the EMA weights only')
     net = model_from_args(ck['args'])
     load_weights(path, [(net, ck['ema'] if ema else ck['model'])])
     return net.to(device).eval(), ck['args']
+
+
+# ----------------------------------------------------------------------------- shipped models (pretrained/)
+# An exported model: {'format': PRETRAINED_FORMAT, 'ema': the EMA state dict in bf16, 'args': the run's flags (task,
+# model, schedule, sampling options: all that model_from_args / make_diffusion / sr_sampling read), 'step', 'train_s'}.
+PRETRAINED_FORMAT = 'dream-relay-pretrained-v1'
+
+
+def load_for_sampling(path, task=None):
+    """A full checkpoint (load_checkpoint's checks) or an exported one, read once with weights_only; an exported
+    one's floating-point weights are cast back to fp32. One-line UsageError for a missing, foreign or corrupt file."""
+    if not os.path.isfile(path):
+        raise UsageError(f'checkpoint {path}: no such file')
+    try:
+        ck = torch.load(path, map_location='cpu', weights_only=True)
+        if not isinstance(ck, dict) or not isinstance(ck.get('args'), dict) or not isinstance(ck.get('ema'), dict):
+            raise ValueError
+        exported = ck.get('format') == PRETRAINED_FORMAT
+        if not exported and not REQUIRED_KEYS <= ck.keys():
+            raise ValueError
+    except Exception as e:
+        raise UsageError(f'checkpoint {path}: not a dream-relay checkpoint or corrupted ({type(e).__name__})')
+    if task is not None and ck['args']['task'] != task:
+        raise UsageError(f"checkpoint {path} is for --task {ck['args']['task']}, not {task}")
+    if exported:
+        ck = dict(ck, ema={k: v.float() if v.is_floating_point() else v for k, v in ck['ema'].items()})
+    return ck
+
+
+def export_pretrained(src_ckpt, dst):
+    """Write the shipped form of a training checkpoint to `dst` (atomically, save_checkpoint): the EMA weights only,
+    floating-point tensors cast to bf16 (half the bytes of fp32, fp32's exponent range), the run's flags and its
+    step. Loadable with torch.load(weights_only=True); load_model reads it back in fp32. Returns dst's bytes."""
+    ck = load_checkpoint(src_ckpt)
+    ema = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in ck['ema'].items()}
+    state = {'format': PRETRAINED_FORMAT, 'ema': ema, 'args': ck['args'], 'step': ck['step'],
+             'train_s': ck.get('train_s', 0.0)}
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+    save_checkpoint(dst, state)
+    return os.path.getsize(dst)
 
 
 # ----------------------------------------------------------------------------- RNG states
@@ -119,3 +162,25 @@ def rank_rng_state(ck, rank, world):
     if world == 1:
         return ck['rng']
     return None
+
+
+def main(argv=None):
+    """python checkpoint.py export SRC DST: the shipped form of a checkpoint (export_pretrained)."""
+    import argparse
+    import sys
+    p = argparse.ArgumentParser(description='Export a training checkpoint as a shipped model (EMA weights, bf16).')
+    sub = p.add_subparsers(dest='command', required=True)
+    export = sub.add_parser('export', help='SRC (a ckpt.pt of train.py) -> DST (EMA weights in bf16 and the flags)')
+    export.add_argument('src')
+    export.add_argument('dst')
+    a = p.parse_args(argv)
+    try:
+        size = export_pretrained(a.src, a.dst)
+    except UsageError as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(2)
+    print(f'wrote {a.dst} ({size / 2 ** 20:.2f} MiB)')
+
+
+if __name__ == '__main__':
+    main()

@@ -65,7 +65,11 @@ def _decode(data, name):
             img.load()  # decode everything now: truncated files fail here, not later
             img = ImageOps.exif_transpose(img)
             if img.mode in ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I', 'F'):
-                a = np.asarray(img).astype(np.float64) / (1.0 if img.mode == 'F' else 257.0)  # 65535 -> 255
+                a = np.nan_to_num(np.asarray(img).astype(np.float64))
+                if img.mode == 'F' and a.size and 0 <= a.min() and a.max() <= 1:
+                    a = a * 255.0  # float images in [0, 1] (the usual float TIFF); other floats are taken as 0-255
+                elif img.mode != 'F':
+                    a = a / 257.0  # 16-bit: 65535 -> 255
                 img = Image.fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8))
             if img.mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La') or 'transparency' in img.info:
                 img = img.convert('RGBA')

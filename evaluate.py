@@ -7,8 +7,10 @@ Images are matched by file name (without extension); `--json` prints one JSON ob
 
     python evaluate.py --pred runs/relay_gen --gt data/faces_64 --kid --fid [--kid-subset N] [--json]
 
---kid / --fid (generation, RDM's metrics; keys kid, kid_std, fid): all images of --pred vs all of --gt, names need
-not match; real images of another size are resized (bicubic, data.resize) to the size of the samples. They use
+--kid / --fid (generation, RDM's metrics; keys kid, kid_std, fid): every image under --pred (recursive; all of one
+size, so a stray grid is refused by name) vs every one under --gt, names need not match; real images of another size
+are resized (bicubic, data.resize) to the size of the samples. The images stream through the metrics in batches, and
+the report says which files were scored (key `scored`: how many, under which folder, first .. last). They use
 torch-fidelity's Inception (optional: pip install torch-fidelity; weights download once). When it is missing or
 offline, one line on stderr says so, the other metrics still print and the exit code stays 0.
 """
@@ -37,13 +39,16 @@ def _by_stem(root):
     return out
 
 
-def _load_batches(paths, size=None, batch=64):
-    """Batches (B,3,H,W) of the images at paths, all of one size: size (H, W), or the first image's size. Images of
-    another size are resized (bicubic, data.resize)."""
+def _load_batches(paths, size, batch=64, resize=True):
+    """Batches (B,3,H,W) of the images at paths, read as they are needed (never the whole folder at once), all of
+    size (H, W): images of another size are resized (bicubic, data.resize) when `resize`, else refused in one line
+    (samples of one generator share a size: another one is not a sample, e.g. an old grid.png)."""
     buf = []
     for p in paths:
         x = data.load_image(p)
-        size = size or tuple(x.shape[-2:])
+        if tuple(x.shape[-2:]) != size and not resize:
+            raise data.DataError(f"{p}: {x.shape[-1]}x{x.shape[-2]}, but the first sample is {size[1]}x{size[0]}: "
+                                 f"the samples of --pred must share one size (is it a grid? move it out)")
         buf.append(x if tuple(x.shape[-2:]) == size else data.resize(x, size))
         if len(buf) == batch:
             yield torch.stack(buf)
@@ -52,22 +57,28 @@ def _load_batches(paths, size=None, batch=64):
         yield torch.stack(buf)
 
 
-def generation_metrics(pred_dir, gt_dir, use_kid=True, use_fid=True, kid_subset=None, feature=None):
-    """KID (kid, kid_std) / FID of all images of pred_dir (samples) vs all of gt_dir (real), names need not match;
-    real images are resized to the size of the first sample. Raises metrics.MetricUnavailable if no Inception."""
+def generation_metrics(pred_dir, gt_dir, use_kid=True, use_fid=True, kid_subset=None, feature=None, batch=64):
+    """KID (kid, kid_std) / FID of every image under pred_dir (samples, recursive) vs every one under gt_dir (real),
+    names need not match; real images are resized to the size of the first sample, samples of another size are
+    refused. The images stream through the metrics in batches of `batch` (only Inception's features are kept).
+    Raises metrics.MetricUnavailable if no Inception."""
     fake_paths, real_paths = data.list_images(pred_dir), data.list_images(gt_dir)
     if len(fake_paths) < 2 or len(real_paths) < 2:
         raise data.DataError(f"KID/FID need at least 2 images in each of {pred_dir} ({len(fake_paths)}) "
                              f"and {gt_dir} ({len(real_paths)})")
     size = tuple(data.load_image(fake_paths[0]).shape[-2:])
-    fake, real = list(_load_batches(fake_paths, size)), list(_load_batches(real_paths, size))
-    out = {}
-    if use_kid:
-        out["kid"], out["kid_std"] = metrics.kid(fake, real, feature, subset_size=kid_subset)
-        out["kid_subset"] = kid_subset or min(len(fake_paths), len(real_paths), 1000)
-    if use_fid:
-        out["fid"] = metrics.fid(fake, real, feature)
-    return dict(out, n_fake=len(fake_paths), n_real=len(real_paths))
+    fake = _load_batches(fake_paths, size, batch, resize=False)
+    real = _load_batches(real_paths, size, batch)
+    out = metrics.kid_fid(fake, real, len(fake_paths), len(real_paths), use_kid, use_fid, feature, kid_subset)
+    return dict(out, n_fake=len(fake_paths), n_real=len(real_paths),
+                scored=f"{len(fake_paths)} images under {pred_dir} ({_span(pred_dir, fake_paths)}) vs "
+                       f"{len(real_paths)} under {gt_dir} ({_span(gt_dir, real_paths)})")
+
+
+def _span(root, paths):
+    """'first .. last' file names of a sorted listing, relative to root."""
+    names = [os.path.relpath(p, root) if p != root else os.path.basename(p) for p in (paths[0], paths[-1])]
+    return names[0] if len(paths) == 1 else f"{names[0]} .. {names[-1]}"
 
 
 def evaluate_dirs(pred_dir, gt_dir, lr_dir=None, y_channel=False, use_lpips=True, batch_values=2**21,
@@ -149,6 +160,8 @@ def print_report(res, as_json=False):
         print(f"{'kid':<14}{res['kid']:>12.5f}   +- {res['kid_std']:.5f} (std over 100 subsets of {res['kid_subset']})")
     if "fid" in res:
         print(f"{'fid':<14}{res['fid']:>12.3f}   ({res['n_fake']} samples vs {res['n_real']} real: biased at small n)")
+    if "scored" in res:
+        print(f"{'kid/fid on':<14}{res['scored']}")
     if "generation_skipped" in res:
         print(f"{'kid/fid':<14}{'skipped':>12}   ({res['generation_skipped']})")
     if "pixel_skipped" in res:

@@ -194,49 +194,71 @@ def _metric(cls, feature, **kw):
                                 f"in {torch.hub.get_dir()}") from None
 
 
-def _feed(m, fake, real, feature):
-    """Update a torchmetrics KID/FID object with batches; returns (n_fake, n_real)."""
+def _feed(ms, fake, real, feature):
+    """Update torchmetrics KID/FID objects `ms` with the batches of fake and real images, each batch once (an
+    iterable is consumed as it goes: a folder is never held in memory); returns (n_fake, n_real)."""
     n = {True: 0, False: 0}
     with torch.no_grad():
         for imgs, is_real in ((fake, False), (real, True)):
             for b in _batches(imgs):
                 b = b.float() if feature is not None else quantize(b).to(torch.uint8)
-                m.update(b, real=is_real)
+                for m in ms:
+                    m.update(b, real=is_real)
                 n[is_real] += b.shape[0]
     return n[False], n[True]
 
 
-def kid(fake, real, feature=None, subset_size=None, subsets=100):
-    """(mean, std) of the Kernel Inception Distance (cubic polynomial kernel MMD^2, unbiased) between fake and
-    real [-1,1] images (tensors (B,3,H,W) or iterables of batches), over `subsets` random subsets of
-    `subset_size` images each (default min(n_fake, n_real, 1000)). feature: None = torch-fidelity's Inception
-    (MetricUnavailable if missing), or an nn.Module mapping (B,3,H,W) [-1,1] floats to (B, num_features)."""
+def _count(x):
+    return sum(_batch(b).shape[0] for b in _batches(x))
+
+
+def kid_fid(fake, real, n_fake, n_real, use_kid=True, use_fid=True, feature=None, subset_size=None, subsets=100):
+    """KID (kid, kid_std, kid_subset) and / or FID (fid) from one pass over fake and real [-1,1] images (tensors or
+    iterables of batches, read once; n_fake / n_real their counts, known beforehand because KID's subset size is
+    fixed before the first batch). kid: cubic polynomial kernel MMD^2, unbiased, over `subsets` random subsets of
+    `subset_size` images (default min(n_fake, n_real, 1000)). fid: biased upwards at small n, not the paper's FID.
+    feature: None = torch-fidelity's Inception (MetricUnavailable if missing), or an nn.Module mapping
+    (B,3,H,W) [-1,1] floats to (B, num_features)."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
     import warnings
-    fake, real = (list(_batches(x)) for x in (fake, real))
-    n = min(sum(b.shape[0] for b in fake), sum(b.shape[0] for b in real))
+    n = min(n_fake, n_real)
     if n < 2:
-        raise ValueError(f"KID needs at least 2 fake and 2 real images, got {n}")
+        raise ValueError(f"KID/FID need at least 2 fake and 2 real images, got {n_fake} fake, {n_real} real")
     subset_size = min(n, 1000) if subset_size is None else int(subset_size)
-    if not 2 <= subset_size <= n:
+    if use_kid and not 2 <= subset_size <= n:
         raise ValueError(f"KID subset size {subset_size} must be in [2, {n}] (the number of images)")
+    out, ms = {}, {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "will save all extracted features in buffer"
-        m = _metric(KernelInceptionDistance, feature, subsets=subsets, subset_size=subset_size)
-        _feed(m, fake, real, feature)
-        mean, std = m.compute()
-    return float(mean), float(std)
+        if use_kid:
+            ms["kid"] = _metric(KernelInceptionDistance, feature, subsets=subsets, subset_size=subset_size)
+        if use_fid:
+            ms["fid"] = _metric(FrechetInceptionDistance, feature)
+        fed = _feed(list(ms.values()), fake, real, feature)
+        if fed != (n_fake, n_real):
+            raise ValueError(f"KID/FID were told {n_fake} fake and {n_real} real images but got {fed[0]} and {fed[1]}")
+        if use_kid:
+            mean, std = ms["kid"].compute()
+            out.update(kid=float(mean), kid_std=float(std), kid_subset=subset_size)
+        if use_fid:
+            out["fid"] = float(ms["fid"].compute())
+    return out
+
+
+def kid(fake, real, feature=None, subset_size=None, subsets=100):
+    """(mean, std) of the Kernel Inception Distance between fake and real [-1,1] images (tensors (B,3,H,W) or
+    iterables of batches, which are listed to count them; kid_fid streams them), as kid_fid."""
+    fake, real = list(_batches(fake)), list(_batches(real))
+    res = kid_fid(fake, real, _count(fake), _count(real), use_fid=False, feature=feature, subset_size=subset_size,
+                  subsets=subsets)
+    return res["kid"], res["kid_std"]
 
 
 def fid(fake, real, feature=None):
-    """Frechet Inception Distance between fake and real [-1,1] images (tensors or iterables of batches), from
-    torchmetrics' FrechetInceptionDistance (feature: as in kid). Biased upwards at small n: not the paper's FID."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
-    m = _metric(FrechetInceptionDistance, feature)
-    nf, nr = _feed(m, fake, real, feature)
-    if min(nf, nr) < 2:
-        raise ValueError(f"FID needs at least 2 fake and 2 real images, got {nf} fake, {nr} real")
-    return float(m.compute())
+    """Frechet Inception Distance between fake and real [-1,1] images (tensors or iterables of batches), as kid_fid."""
+    fake, real = list(_batches(fake)), list(_batches(real))
+    return kid_fid(fake, real, _count(fake), _count(real), use_kid=False, feature=feature)["fid"]
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2):

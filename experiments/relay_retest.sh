@@ -68,7 +68,7 @@ python train.py --task relay16 --data ../shared/data/faces --holdout 100 --model
   --max-iters 3000 --eval-every 1000 --eval-n 64 --eval-steps 40 --overwrite --out runs/relay16
 python sample.py --relay --ckpt-first runs/relay16/ckpt.pt --ckpt-second runs/r2_pl05_s0/ckpt.pt --n 16 \
   --steps-first 40 --steps-second 40 --s-noise 1 --out runs/relay_gen
-cp runs/relay_gen/grid.png results/relay_two_stage_sn1.png
+cp runs/relay_gen_grid.png results/relay_two_stage_sn1.png
 cp runs/relay16/samples_0003000.png results/relay16_stage1_8groups.png
 # stage 1 with Adam 1e-3 (the SR recipe's learning rate) instead of 2e-4: small faces, not colour noise
 python train.py --task relay16 --data ../shared/data/faces --holdout 100 --model tiny --batch-size 32 --lr 1e-3 \
@@ -76,7 +76,7 @@ python train.py --task relay16 --data ../shared/data/faces --holdout 100 --model
 cp runs/relay16_lr1e3/samples_0003000.png results/relay16_stage1_lr1e3.png
 python sample.py --relay --ckpt-first runs/relay16_lr1e3/ckpt.pt --ckpt-second runs/r2_pl05_s0/ckpt.pt --n 16 \
   --steps-first 40 --steps-second 40 --s-noise 1 --out runs/relay_gen_lr1e3
-cp runs/relay_gen_lr1e3/grid.png results/relay_two_stage_lr1e3.png
+cp runs/relay_gen_lr1e3_grid.png results/relay_two_stage_lr1e3.png
 
 # the cost of a stage-2 iteration, alone on the machine (200 iterations, the default threads)
 # (standard then DREAM, back to back, every other job paused)
