@@ -32,7 +32,7 @@ from plots import plot_loss
 from runtime import (Parser, UsageError, allow_tf32, describe, memory_format, pick_device, pick_dtype, seed_everything,
                      setup_ddp, teardown_ddp, autocast)
 from tasks import (LOSS_DEFAULTS as LOSS, RDM_S_NOISE, build_model, check_resolution, compute_loss, heldout, parse_task,
-                   LEGACY_NORM_GROUPS, preset_norm_groups, sample_and_score)
+                   preset_norm_groups, sample_and_score)
 from trainset import check_data_flags, datasets, make_loader, to_device
 from unet import INITS, PRESETS
 
@@ -148,7 +148,7 @@ def check_args(a):
 
 def check_same_formulation(path, saved, a):
     """--resume continues the network and the loss it was trained with: refuse other SR options in one line."""
-    saved_values = {**LOSS, 'norm_groups': LEGACY_NORM_GROUPS, 'upsample': 'nearest', **saved}
+    saved_values = {**LOSS, **saved}
     for key in ('norm_groups', 'upsample', 'pred', 'residual', 'noise_cond'):
         if saved_values[key] != getattr(a, key):
             flag = '--' + key.replace('_', '-')
