@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs `evaluate.py --kid --fid` through torchmetrics' default feature network, torch-fidelity's Inception-v3, the
+# docs/metrics.md: runs `evaluate.py --kid --fid` through torchmetrics' default feature network, torch-fidelity's Inception-v3, the
 # path a user with torch-fidelity installed gets, which the tests cannot take here: torch-fidelity imports
 # torchvision, and PyPI's torchvision does not import beside the pinned torch==2.13.0 CPU build. So it runs in a
 # separate virtual environment that has a torch / torchvision pair that does import (on x86_64 Linux here:
@@ -7,7 +7,7 @@
 #
 #   python -m venv ../venv_tv
 #   ../venv_tv/bin/pip install torch==2.14.1 torchvision==0.29.1 torch-fidelity torchmetrics numpy pillow tqdm
-#   bash experiments/check_inception_path.sh ../venv_tv/bin/python PRED GT [PRED2] > results/inception_path_check.txt
+#   bash experiments/metrics.sh ../venv_tv/bin/python PRED GT [PRED2] > results/metrics/inception_path_check.txt
 #
 # Two checks, each in a throw-away TORCH_HOME (the user's real weights cache is never read or written):
 #  1. no cached weights and no network: evaluate.py prints one line naming what is missing and where the weights go,
