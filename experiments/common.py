@@ -4,7 +4,7 @@ evaluations of training runs into a results CSV, summarize a results CSV over se
 run has finished (so a driver that is stopped and started again skips the runs it has done).
 
     python experiments/common.py collect --runs runs/a runs/b --labels standard "DREAM p=1" --out results/x.csv [--all]
-    python experiments/common.py summarize results/x.csv --by label --metrics psnr ssim
+    python experiments/common.py summarize results/dream/p_sweep.csv --by label --metrics psnr ssim
     python experiments/common.py merge OUT.csv IN.csv..      # one header; "DREAM_p=1" (sweep labels) -> "DREAM p=1"
     python experiments/common.py finished RUN STEP           # exit 0 when RUN/log.jsonl has an evaluation at STEP
     python experiments/common.py smoke-data SRC DST --n 24 --val 8 --lr 16 --hr 64   # a drivers' SMOKE=1 data set

@@ -10,7 +10,7 @@ the measured cost (training runs that share the 2 cores cannot time themselves);
 label is the longest prefix of its own ("DREAM" serves "DREAM p=0"). The standard model's label is --standard.
 
 Writes OUT_curves.png (PSNR / SSIM vs iteration and vs seconds, mean with min-max bars), OUT_steps.png (vs sampling
-steps) and OUT_claims.csv (one row per claim and method), and prints the markdown tables the README quotes:
+steps) and OUT_claims.csv (one row per claim and method), and prints the markdown tables docs/dream.md quotes:
 final metrics per method (mean +- std, min-max, seeds), the same as differences to the standard paired by seed,
 claim (a): iterations and seconds to reach the standard model's final mean PSNR / SSIM (the paper: 2-3x fewer for
 DREAM), each method at the standard model's final wall-clock (equal time), claim (b): the fewest sampling steps at

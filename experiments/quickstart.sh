@@ -22,11 +22,11 @@ SRC=../shared/data/faces
 D=data/faces_16_64
 R=runs
 OUT=results/quickstart/
-ITERS=2100 N=100 STEPS=100 OPT_ITERS=1500 LONG_ITERS=3000
+ITERS=2100 B2_ITERS=3200 N=100 STEPS=100 OPT_ITERS=1500 LONG_ITERS=3000
 if [ -n "${SMOKE:-}" ]; then
   python experiments/common.py smoke-data $SRC runs/smoke/faces_16_64 --n 24 --val 8
   SRC=runs/smoke/faces_16_64_src D=runs/smoke/faces_16_64 R=runs/smoke/quickstart OUT=runs/smoke/quickstart/results_
-  ITERS=4 N=4 STEPS=2 OPT_ITERS=4 LONG_ITERS=6
+  ITERS=4 B2_ITERS=6 N=4 STEPS=2 OPT_ITERS=4 LONG_ITERS=6
 fi
 mkdir -p "$R" "$(dirname "$OUT")"
 # the quick-start command (README); SMOKE shortens it
@@ -80,7 +80,7 @@ diagnose() {
 
 variants() {  # seed 0 at one thread beside another job, batch 2, Adam 5e-4 and 2e-3
   train_one $R/qr_b4_orth $ITERS $Q
-  train_one $R/qr_b2 3200 $Q --batch-size 2 --max-iters 3200 --eval-every 3200
+  train_one $R/qr_b2 $B2_ITERS $Q --batch-size 2 --max-iters $B2_ITERS --eval-every $B2_ITERS
   train_one $R/qr_b4_lr5e4 $ITERS $Q --lr 5e-4
   train_one $R/qr_b4_lr2e3 $ITERS $Q --lr 2e-3
   python experiments/common.py collect --runs $R/qr_b4_orth $R/qr_b2 $R/qr_b4_lr5e4 $R/qr_b4_lr2e3 --labels \
