@@ -4,10 +4,10 @@
         --cost results/dream/cost.csv --out results/dream/main
 
 --curves: `common.py collect --all` rows (held-out metrics every --eval-every iterations of each run, a `seed` per run);
---steps: sweep.py --sweep steps rows (final checkpoints x samplers x sampling steps); --cost: rows of
-short runs of each method timed alone (`common.py collect`) (cost per iteration = train_s / step), so that equal wall-clock is iterations x
-the measured cost (training runs that share the 2 cores cannot time themselves); a method uses the cost row whose
-label is the longest prefix of its own ("DREAM" serves "DREAM p=0"). The standard model's label is --standard.
+--steps: sweep.py --sweep steps rows (final checkpoints x samplers x sampling steps); --cost: rows of short runs of
+each method timed alone (`common.py collect`; cost per iteration = train_s / step), so that equal wall-clock is
+iterations x the measured cost (training runs that share the 2 cores cannot time themselves); a method uses the
+cost row whose label is the longest prefix of its own ("DREAM" serves "DREAM p=0"). The standard model's label is --standard.
 
 Writes OUT_curves.png (PSNR / SSIM vs iteration and vs seconds, mean with min-max bars), OUT_steps.png (vs sampling
 steps) and OUT_claims.csv (one row per claim and method), and prints the markdown tables docs/dream.md quotes:

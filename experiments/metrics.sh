@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# docs/metrics.md: runs `evaluate.py --kid --fid` through torchmetrics' default feature network, torch-fidelity's Inception-v3, the
-# path a user with torch-fidelity installed gets, which the tests cannot take here: torch-fidelity imports
+# docs/metrics.md: runs `evaluate.py --kid --fid` through torchmetrics' default feature network, torch-fidelity's
+# Inception-v3, the path a user with torch-fidelity installed gets, which the tests cannot take here: torch-fidelity imports
 # torchvision, and PyPI's torchvision does not import beside the pinned torch==2.13.0 CPU build. So it runs in a
 # separate virtual environment that has a torch / torchvision pair that does import (on x86_64 Linux here:
 # torch 2.14.1 + torchvision 0.29.1, a CUDA build of several GB; the project's own environment is untouched):

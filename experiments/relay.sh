@@ -23,12 +23,13 @@ D=data/faces_16_64
 R=runs/relay
 SR=runs/dream_v1
 OUT=results/relay/
-ITERS=1500 EVERY=500 N=32 HOLD=100 SEEDS="0 1 2" S1_ITERS=3000 S1_EVAL=64 COST_ITERS=200 R64_ITERS=20 GEN_STEPS=40
+ITERS=1500 EVERY=500 N=32 HOLD=100 SEEDS="0 1 2" COST_ITERS=200
+S1_ITERS=3000 S1_EVAL=64 S1_BATCH=32 R64_ITERS=20 GEN_STEPS=40
 if [ -n "${SMOKE:-}" ]; then
   python experiments/common.py smoke-data $FACES runs/smoke/faces_16_64 --n 24 --val 8
   FACES=runs/smoke/faces_16_64_src FACES256=runs/smoke/faces_16_64_src D=runs/smoke/faces_16_64 R=runs/smoke/relay
-  SR=runs/smoke/dream OUT=runs/smoke/relay/results_ ITERS=4 EVERY=2 N=2 HOLD=8 SEEDS="0" S1_ITERS=4 S1_EVAL=4 COST_ITERS=3
-  R64_ITERS=2 GEN_STEPS=4
+  SR=runs/smoke/dream OUT=runs/smoke/relay/results_ ITERS=4 EVERY=2 N=2 HOLD=8 SEEDS="0" COST_ITERS=3
+  S1_ITERS=4 S1_EVAL=4 S1_BATCH=4 R64_ITERS=2 GEN_STEPS=4
 fi
 mkdir -p "$R" "$(dirname "$OUT")"
 A="--task relay16_64 --data $FACES --holdout $HOLD --model tiny --batch-size 8 --lr 5e-4 --max-iters $ITERS
@@ -127,8 +128,8 @@ dream() {
 }
 
 generate() {  # stage 1 (EDM at 16x16, Adam 1e-3) + stage 2 (seed 0, s_noise 1), 16 samples
-  train_one $R/relay16_lr1e3 $S1_ITERS --task relay16 --data $FACES --holdout $HOLD --model tiny --batch-size 32 \
-    --lr 1e-3 --max-iters $S1_ITERS --eval-every $S1_ITERS --eval-n $S1_EVAL --eval-steps $GEN_STEPS
+  train_one $R/relay16_lr1e3 $S1_ITERS --task relay16 --data $FACES --holdout $HOLD --model tiny \
+    --batch-size $S1_BATCH --lr 1e-3 --max-iters $S1_ITERS --eval-every $S1_ITERS --eval-n $S1_EVAL --eval-steps $GEN_STEPS
   cp $R/relay16_lr1e3/samples_$(printf %07d $S1_ITERS).png ${OUT}stage1_lr1e3.png
   python sample.py --relay --ckpt-first $R/relay16_lr1e3/ckpt.pt --ckpt-second $R/r2_pl05_s0/ckpt.pt --n 16 \
     --steps-first $GEN_STEPS --steps-second $GEN_STEPS --s-noise 1 --out $R/relay_gen_lr1e3

@@ -31,7 +31,9 @@ cpu_kind() {  # the flag that decides --dtype auto's choice on a CPU (../shared/
 
 bench() { python bench.py $BENCH | tee "${OUT}bench_cpu_$(cpu_kind).txt"; }
 tiny() {
-  python experiments/tiny_speed.py --data $D $TINY $( [ -n "${SMOKE:-}" ] && echo --no-compile ) --out ${OUT}tiny_levers.csv
+  local compile=""
+  [ -n "${SMOKE:-}" ] && compile=--no-compile
+  python experiments/tiny_speed.py --data $D $TINY $compile --out ${OUT}tiny_levers.csv
   python experiments/tiny_speed.py --data $D $TINY --no-compile --out ${OUT}tiny_batch.csv
 }
 

@@ -41,7 +41,8 @@ def test_summarize_gives_mean_std_and_min_max_per_group():
 
 def test_markdown_table_and_the_en_dash_of_the_dream_report():
     text = common.markdown(common.summarize(ROWS[:3], ['label'], ['psnr']), ['label', 'n_seeds', 'psnr'])
-    assert text.splitlines() == ['| label | n_seeds | psnr |', '|---|---|---|', '| DREAM | 3 | 23.00 ± 1.00 (22.00-24.00) |']
+    assert text.splitlines() == ['| label | n_seeds | psnr |', '|---|---|---|',
+                                 '| DREAM | 3 | 23.00 ± 1.00 (22.00-24.00) |']
     assert dream_report.fmt([22.0, 23.0, 24.0], 1) == '23.0 ± 1.0 (22.0–24.0)'
 
 
