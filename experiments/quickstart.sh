@@ -3,7 +3,8 @@
 # training-free baselines, and the runs behind the table of what each option buys.
 #
 #   bash experiments/quickstart.sh time        prepare + seed 0 alone on the machine -> results/quickstart/time.csv,
-#                                              seed0.csv (TIME_OUT=..., extra train.py flags after it override)
+#                                              seed0.csv (TAG=_bf16: time_bf16.csv, seed0_bf16.csv; extra train.py
+#                                              flags after `time` override the command's)
 #   bash experiments/quickstart.sh seeds       seeds 1 and 2 (one thread each, two at a time is fine) -> seeds.csv
 #   bash experiments/quickstart.sh diagnose    colour shift / hf power / flat noise of the 3 seeds (diagnose.csv) and
 #                                              the sampling temperature (temperature.csv)
@@ -42,7 +43,7 @@ train_one() {  # OUT ITERS, extra flags: skip a finished run, resume a stopped o
 }
 
 time_seed0() {  # wall clock of prepare + train.py (with its final evaluation), from a fresh clone, alone
-  local out=${TIME_OUT:-${OUT}time.csv} t0 t1 t2
+  local out=${OUT}time${TAG:-}.csv t0 t1 t2
   t0=$(date +%s.%N)
   python data.py prepare $SRC $D --lr 16 --hr 64 --val $( [ -n "${SMOKE:-}" ] && echo 8 || echo 100 ) --quiet
   t1=$(date +%s.%N)
@@ -51,7 +52,7 @@ time_seed0() {  # wall clock of prepare + train.py (with its final evaluation), 
   printf 'what,extra_flags,prepare_s,train_py_s,total_s\nREADME CPU quick start,%s,%.1f,%.1f,%.1f\n' "$*" \
     "$(echo "$t1 - $t0" | bc)" "$(echo "$t2 - $t1" | bc)" "$(echo "$t2 - $t0" | bc)" > "$out"
   cat "$out"
-  python experiments/common.py collect --runs $R/quick --labels "quick start" --out ${OUT}seed0.csv
+  python experiments/common.py collect --runs $R/quick --labels "quick start" --out ${OUT}seed0${TAG:-}.csv
   python -c "import sys; from PIL import Image; g = Image.open(sys.argv[1]); h = min(g.height, 6 * 66)
 g.crop((0, 0, g.width, h)).resize((2 * g.width, 2 * h), Image.NEAREST).save(sys.argv[2])" \
     $R/quick/samples_$(printf %07d $ITERS).png ${OUT}grid.png
@@ -144,7 +145,7 @@ case "$cmd" in
   baselines) python experiments/baselines.py --data $D/val --out ${OUT}baselines.csv ;;
   options) options ;;
   all)
-    [ -f $R/quick/ckpt.pt ] || TIME_OUT=${OUT}time.csv time_seed0
+    [ -f $R/quick/ckpt.pt ] || time_seed0
     seeds; diagnose; variants
     python experiments/baselines.py --data $D/val --out ${OUT}baselines.csv
     options ;;
