@@ -17,12 +17,17 @@ from runtime import UsageError
 from tasks import model_from_args
 
 REQUIRED_KEYS = {'model', 'ema', 'opt', 'rng', 'step'}
+# This version's checkpoints: stamped with FORMAT by save_checkpoint, and their flags name the whole network. A file
+# from another version of dream-relay (another FORMAT, or flags without these) is refused in one line, not converted.
+FORMAT = 1
+REQUIRED_ARGS = ('task', 'model', 'norm_groups', 'upsample')
 
 
 def save_checkpoint(path, state):
     """Atomic: write a temp file, flush + fsync, rename over the old file, fsync the folder. A failure
     (disk full, ...) leaves the previous file as it was, removes the temp file and raises UsageError."""
     tmp = f'{path}.tmp{os.getpid()}'
+    state = dict(state, format=FORMAT)
     try:
         with open(tmp, 'wb') as f:
             torch.save(state, f)
@@ -49,6 +54,11 @@ def load_checkpoint(path, task=None, model=None):
             raise ValueError
     except Exception as e:
         raise UsageError(f'checkpoint {path}: not a dream-relay checkpoint or corrupted ({type(e).__name__})')
+    missing = ', '.join(k for k in REQUIRED_ARGS if k not in ck['args'])
+    found = ck.get('format', FORMAT)
+    if found != FORMAT or missing:
+        why = f'format {found}, not {FORMAT}' if found != FORMAT else f'its flags lack {missing}'
+        raise UsageError(f'checkpoint {path}: written by another version of dream-relay ({why}); retrain with this one')
     for key, want in (('task', task), ('model', model)):
         if want is not None and ck['args'][key] != want:
             raise UsageError(f"checkpoint {path} is for --{key} {ck['args'][key]}, not {want}")
@@ -129,18 +139,14 @@ def rng_state(device=torch.device('cpu')):
 
 
 def set_rng_state(state, device=torch.device('cpu')):
-    """Restore rng_state(device). A 'cuda' entry saved by older versions (a list, one state per GPU) gives this
-    GPU its own element."""
+    """Restore rng_state(device)."""
     random.setstate(state['python'])
     name, keys, pos, has_gauss, cached_gauss = state['numpy']
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached_gauss))
     torch.set_rng_state(state['torch'])
     device = torch.device(device)
     if device.type == 'cuda' and 'cuda' in state:
-        cuda_state = state['cuda']
-        if isinstance(cuda_state, (list, tuple)):
-            cuda_state = cuda_state[device.index or 0]
-        torch.cuda.set_rng_state(cuda_state, device)
+        torch.cuda.set_rng_state(state['cuda'], device)
 
 
 def gather_rng_states(device, world):

@@ -31,9 +31,6 @@ LOSS_DEFAULTS = dict(schedule='linear', timesteps=2000, beta_start=1e-6, beta_en
 # RDM's stage-2 sampler keeps sqrt(1 - s_noise^2) of its noise estimate per step and draws the rest afresh
 # (train.py --s-noise; the README's CPU runs use 1).
 RDM_S_NOISE = 0.2
-# Before the presets named their GroupNorm groups every network used gcd(32, channels) groups: checkpoints
-# without 'norm_groups' in their flags are rebuilt that way (tiny / small: one channel per group).
-LEGACY_NORM_GROUPS = 32
 
 
 def sr_sampling(cfg, lr):
@@ -104,9 +101,8 @@ def preset_norm_groups(model):
 
 
 def model_from_args(args):
-    """The network a checkpoint's flags describe (older checkpoints: the GroupNorm they were trained with)."""
-    return build_model(args['task'], args['model'], norm_groups=args.get('norm_groups', LEGACY_NORM_GROUPS),
-                       upsample=args.get('upsample', 'nearest'))
+    """The network a checkpoint's flags describe (checkpoint.load_checkpoint has checked they name all of it)."""
+    return build_model(args['task'], args['model'], norm_groups=args['norm_groups'], upsample=args['upsample'])
 
 
 # ----------------------------------------------------------------------------- diffusion and loss (from the flags)

@@ -36,7 +36,7 @@ from plots import plot_loss
 from runtime import (Parser, UsageError, allow_tf32, describe, memory_format, pick_device, pick_dtype, seed_everything,
                      setup_ddp, teardown_ddp, autocast)
 from tasks import (LOSS_DEFAULTS as LOSS, RDM_S_NOISE, build_model, check_resolution, compute_loss, heldout, parse_task,
-                   LEGACY_NORM_GROUPS, preset_norm_groups, sample_and_score, time_iterations)
+                   preset_norm_groups, sample_and_score, time_iterations)
 from trainset import check_data_flags, datasets, make_loader, to_device
 from unet import INITS, PRESETS
 
@@ -186,8 +186,8 @@ def check_horizon(a):
 
 def check_same_formulation(path, saved, a):
     """--resume continues what the network learns and how (LEARNING_FLAGS): refuse a change in one line naming the
-    flag. Flags a checkpoint predates read their old defaults (the loss flags, GroupNorm, upsampling) or are skipped."""
-    saved_values = {**LOSS, 'norm_groups': LEGACY_NORM_GROUPS, 'upsample': 'nearest', **saved}
+    flag. Flags a checkpoint predates read their defaults (the loss flags) or are skipped."""
+    saved_values = {**LOSS, **saved}
     for key in LEARNING_FLAGS:
         if key not in saved_values or saved_values[key] == getattr(a, key):
             continue

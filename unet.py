@@ -23,7 +23,7 @@ PRESETS = {
     'paper': dict(channels=64, channel_mults=(1, 2, 4, 8, 8), num_res_blocks=2, attn_resolutions=(16,), dropout=0.2),
     # small / tiny: GroupNorm with 8 groups (4 and 2 channels per group at the first level). gcd(32, 16) = 16 groups
     # of one channel each would be instance norm: every feature map loses its spatial mean, and with it the colour
-    # of the condition (README "What made it work").
+    # of the condition (docs/quickstart.md).
     'small': dict(channels=32, channel_mults=(1, 2, 4, 4, 4), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1,
                   groups=8),  # 8.5M
     'tiny': dict(channels=16, channel_mults=(1, 2, 4), num_res_blocks=1, attn_resolutions=(), dropout=0.0,

@@ -1,7 +1,7 @@
 """Training-free upsampling baselines on held-out faces, scored like the models (metrics.compute_metrics).
 
-    python experiments/baselines.py --data data/faces_16_64/val --out results/sr_baselines.csv
-    python experiments/baselines.py --relay ../shared/data/faces --n 32 --out results/relay_baselines.csv
+    python experiments/baselines.py --data data/faces_16_64/val --out results/quickstart/baselines.csv
+    python experiments/baselines.py --relay ../shared/data/faces --n 32 --out results/relay/baselines.csv
 
 SR (--data, the SR layout: LR = PIL's antialiased bicubic downsample): the input itself (nearest upsampling of the
 LR), PIL bilinear, bicubic (SR3's condition), Lanczos, and bicubic followed by the exact low-resolution projection
@@ -56,7 +56,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('--data', help='SR: a split in the SR layout, hr_H/ and lr_L/ (e.g. data/faces_16_64/val)')
     ap.add_argument('--relay', help='relay stage 2: a folder of images (the first --n are the held-out faces)')
-    ap.add_argument('--n', type=int, default=32, help='--relay: images (the first N, sorted)')
+    ap.add_argument('--n', type=int, help='the first N images, sorted (default: --relay 32, SR all)')
     ap.add_argument('--block', type=int, default=4, help='--relay: tile size (hr / lr)')
     ap.add_argument('--lr-size', type=int, default=16)
     ap.add_argument('--hr-size', type=int, default=64)
@@ -65,14 +65,14 @@ def main(argv=None):
     if bool(a.data) == bool(a.relay):
         raise SystemExit('give one of --data (SR) or --relay (relay stage 2)')
     if a.relay:
-        files = data.list_images(a.relay)[:a.n]
+        files = data.list_images(a.relay)[:a.n or 32]
         if not files:
             raise SystemExit(f'{a.relay}: no images')
         hr = torch.stack([data.resize(data.load_image(f), a.hr_size) for f in files])
         lr, methods = relay_baselines(hr, a.block)
     else:
         pairs = data.SRPairs(a.data, a.lr_size, a.hr_size)  # pairs by name, checks sizes, one-line errors
-        items = [pairs[i] for i in range(len(pairs))]
+        items = [pairs[i] for i in range(min(a.n or len(pairs), len(pairs)))]
         hr, lr = (torch.stack([it[k] for it in items]) for k in ('hr', 'lr'))
         methods = baselines(lr, a.hr_size)
     rows = []

@@ -1,16 +1,16 @@
 """Does DREAM hold up? Tables and plots, mean and spread over seeds, from the results files of the DREAM runs.
 
-    python experiments/dream_report.py --curves results/dream_curves.csv --steps results/dream_steps.csv \
-        --cost results/dream_cost.csv --out results/dream
+    python experiments/dream_report.py --curves results/dream/curves.csv --steps results/dream/steps.csv \
+        --cost results/dream/cost.csv --out results/dream/main
 
---curves: collect_eval.py --all rows (held-out metrics every --eval-every iterations of each run, a `seed` per run);
---steps: sweep.py --sweep steps rows (final checkpoints x samplers x sampling steps); --cost: collect_eval.py rows of
-short runs of each method timed alone (cost per iteration = train_s / step), so that equal wall-clock is iterations x
-the measured cost (training runs that share the 2 cores cannot time themselves); a method uses the cost row whose
-label is the longest prefix of its own ("DREAM" serves "DREAM p=0"). The standard model's label is --standard.
+--curves: `common.py collect --all` rows (held-out metrics every --eval-every iterations of each run, a `seed` per run);
+--steps: sweep.py --sweep steps rows (final checkpoints x samplers x sampling steps); --cost: rows of short runs of
+each method timed alone (`common.py collect`; cost per iteration = train_s / step), so that equal wall-clock is
+iterations x the measured cost (training runs that share the 2 cores cannot time themselves); a method uses the
+cost row whose label is the longest prefix of its own ("DREAM" serves "DREAM p=0"). The standard model's label is --standard.
 
 Writes OUT_curves.png (PSNR / SSIM vs iteration and vs seconds, mean with min-max bars), OUT_steps.png (vs sampling
-steps) and OUT_claims.csv (one row per claim and method), and prints the markdown tables the README quotes:
+steps) and OUT_claims.csv (one row per claim and method), and prints the markdown tables docs/dream.md quotes:
 final metrics per method (mean +- std, min-max, seeds), the same as differences to the standard paired by seed,
 claim (a): iterations and seconds to reach the standard model's final mean PSNR / SSIM (the paper: 2-3x fewer for
 DREAM), each method at the standard model's final wall-clock (equal time), claim (b): the fewest sampling steps at
@@ -20,6 +20,9 @@ import argparse
 import csv
 import statistics
 from collections import defaultdict
+
+from common import fmt as common_fmt
+from common import spread
 
 METRICS = ('psnr', 'ssim')
 
@@ -37,14 +40,9 @@ def read(path):
     return rows
 
 
-def spread(values):
-    """mean, std (0 for one value), min, max."""
-    return (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, min(values), max(values))
-
-
 def fmt(values, digits):
-    m, s, lo, hi = spread(values)
-    return f'{m:.{digits}f} ± {s:.{digits}f} ({lo:.{digits}f}–{hi:.{digits}f})'
+    """common.fmt with an en dash between min and max, as the docs tables print it."""
+    return common_fmt(values, digits, dash='–')
 
 
 def by(rows, *keys):
@@ -251,9 +249,9 @@ def plot_steps(steps_rows, labels, out_png):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    ap.add_argument('--curves', required=True, help='collect_eval.py --all CSV')
+    ap.add_argument('--curves', required=True, help='common.py collect --all CSV')
     ap.add_argument('--steps', help='sweep.py --sweep steps CSV')
-    ap.add_argument('--cost', help='collect_eval.py CSV of short runs timed alone (label, step, train_s)')
+    ap.add_argument('--cost', help='common.py collect CSV of short runs timed alone (label, step, train_s)')
     ap.add_argument('--standard', default='standard', help='label of the standard model')
     ap.add_argument('--min-steps', type=int, default=5, help='claim (b) also among step counts >= this (a 2-step '
                     'sampler returns little more than the blurry posterior mean, which PSNR / SSIM favour)')

@@ -2,7 +2,7 @@
 Diagnose a relay stage-2 checkpoint on held-out faces: does it improve its own input, and where does it lose?
 
     python experiments/relay_diagnose.py --ckpt runs/relay2/ckpt.pt --data data/faces_16_64 --n 32 \
-        --label "tiny, 1500 it" --csv results/relay_diagnose.csv --json results/relay_diagnose.json
+        --label "tiny, 1500 it" --csv results/relay/diagnose.csv --json results/relay/diagnose.json
 
 Input: the held-out HR faces (DATA/val), box-downsampled by the block and nearest-upsampled (the relay's input,
 as in training and train.py's evaluation). Measures (issue "Relay Diffusion that improves its input"):

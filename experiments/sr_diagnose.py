@@ -2,7 +2,7 @@
 Diagnose an SR checkpoint on held-out images: where does it lose against bicubic?
 
     python experiments/sr_diagnose.py --ckpt runs/quick/ckpt.pt --data data/faces_16_64 --n 100 \
-        --label "tiny eps" --csv results/sr_diagnose.csv --json results/sr_diagnose.json
+        --label "tiny eps" --csv results/quickstart/diagnose.csv
 
 Measures, for the EMA and the raw weights (issue "models that super-resolve"):
   * PSNR / SSIM / consistency of samples vs HR, bicubic's beside them;

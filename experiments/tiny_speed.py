@@ -2,7 +2,7 @@
 flags: residual, v; batch 8, as up to the v3 quick start; v4 uses the batch-4 row) under each lever, timed alone in
 one run -> a CSV (median of rounds, with min-max).
 
-    python experiments/tiny_speed.py --data data/faces_16_64 --out results/tiny_speed.csv
+    python experiments/tiny_speed.py --data data/faces_16_64 --out results/speed/tiny_levers.csv
 
 Levers: channels_last, torch.compile (inductor on CPU, compile time excluded), mkldnn convolutions off, batch 4 and
 2, one thread, and the `tiny_s2d` preset (space-to-depth in place of tiny's 64x64 level). Run it with nothing else on
@@ -67,6 +67,8 @@ def main():
     ap.add_argument('--data', required=True, help='a data.py prepare folder (sr16_64)')
     ap.add_argument('--out', required=True)
     ap.add_argument('--no-compile', action='store_true', help='skip the torch.compile row')
+    ap.add_argument('--rounds', type=int, default=5, help='timed rounds per lever (the median is reported)')
+    ap.add_argument('--per-round', type=int, default=5, help='steps per round')
     args = ap.parse_args()
     a = train.get_args(QUICK + ['--data', args.data])
     data = datasets(a)[0]
@@ -82,7 +84,7 @@ def main():
         levers.insert(2, ('torch.compile', a, dict(compile_=True)))
     rows = []
     for name, cfg, kw in levers:
-        ts = time_step(cfg, data, **kw)
+        ts = time_step(cfg, data, rounds=args.rounds, per_round=args.per_round, **kw)
         rows.append(dict(lever=name, batch=cfg.batch_size, threads=kw.get('threads', torch.get_num_threads()),
                          s_per_step=round(statistics.median(ts), 4), s_min=round(min(ts), 4), s_max=round(max(ts), 4)))
         print(f"{name:<28} {rows[-1]['s_per_step']:.3f} s/step ({rows[-1]['s_min']:.3f}-{rows[-1]['s_max']:.3f})",

@@ -135,6 +135,8 @@ def test_baselines_script_scores_the_training_free_rows(tmp_path, capsys):
     bp, bic = rows['bicubic + projection (back-projection)'], rows['bicubic']
     assert float(bp['consistency']) < 0.05 * float(bic['consistency']) and float(bp['psnr']) >= float(bic['psnr'])
     assert all(r['n'] == '3' for r in rows.values()) and rows['input (nearest)']['grid_texture'] == 'inf'
+    baselines.main(['--data', str(tmp_path / 'pairs' / 'val'), '--n', '2', '--out', str(tmp_path / 'sr2.csv')])
+    assert {r['n'] for r in csv.DictReader(open(tmp_path / 'sr2.csv'))} == {'2'}  # --n: the first N pairs only
     baselines.main(['--relay', str(tmp_path / 'src'), '--n', '4', '--out', str(tmp_path / 'relay.csv')])
     rows = {r['label']: r for r in csv.DictReader(open(tmp_path / 'relay.csv'))}
     assert len(rows) == 3 and all(r['consistency'] == '' and r['n'] == '4' for r in rows.values())
