@@ -27,7 +27,7 @@ def save_checkpoint(path, state):
     """Atomic: write a temp file, flush + fsync, rename over the old file, fsync the folder. A failure
     (disk full, ...) leaves the previous file as it was, removes the temp file and raises UsageError."""
     tmp = f'{path}.tmp{os.getpid()}'
-    state = dict(state, format=FORMAT)
+    state = {'format': FORMAT, **state}  # an exported model keeps its own format name
     try:
         with open(tmp, 'wb') as f:
             torch.save(state, f)
@@ -54,15 +54,20 @@ def load_checkpoint(path, task=None, model=None):
             raise ValueError
     except Exception as e:
         raise UsageError(f'checkpoint {path}: not a dream-relay checkpoint or corrupted ({type(e).__name__})')
-    missing = ', '.join(k for k in REQUIRED_ARGS if k not in ck['args'])
-    found = ck.get('format', FORMAT)
-    if found != FORMAT or missing:
-        why = f'format {found}, not {FORMAT}' if found != FORMAT else f'its flags lack {missing}'
-        raise UsageError(f'checkpoint {path}: written by another version of dream-relay ({why}); retrain with this one')
+    check_version(path, ck, FORMAT)
     for key, want in (('task', task), ('model', model)):
         if want is not None and ck['args'][key] != want:
             raise UsageError(f"checkpoint {path} is for --{key} {ck['args'][key]}, not {want}")
     return ck
+
+
+def check_version(path, ck, want):
+    """A file of this version: format `want` (an unstamped file counts as current) and flags naming the network."""
+    missing = ', '.join(k for k in REQUIRED_ARGS if k not in ck['args'])
+    found = ck.get('format', want)
+    if found != want or missing:
+        why = f'format {found}, not {want}' if found != want else f'its flags lack {missing}'
+        raise UsageError(f'checkpoint {path}: written by another version of dream-relay ({why}); retrain with this one')
 
 
 def load_weights(path, pairs):
@@ -105,6 +110,7 @@ def load_for_sampling(path, task=None):
             raise ValueError
     except Exception as e:
         raise UsageError(f'checkpoint {path}: not a dream-relay checkpoint or corrupted ({type(e).__name__})')
+    check_version(path, ck, PRETRAINED_FORMAT if exported else FORMAT)
     if task is not None and ck['args']['task'] != task:
         raise UsageError(f"checkpoint {path} is for --task {ck['args']['task']}, not {task}")
     if exported:

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from PIL import Image
 
 import checkpoint
 import tasks
@@ -64,7 +65,10 @@ def test_a_checkpoint_from_another_version_is_refused_in_one_line(tmp_path, chan
 
 def test_the_sampling_command_prints_the_one_line_and_exits_2(tmp_path):
     path = this_version(tmp_path, norm_groups=None)
-    proc = subprocess.run([sys.executable, 'sample.py', '--ckpt', path, '--input', str(tmp_path), '--out',
+    inputs = tmp_path / 'in'
+    inputs.mkdir()
+    Image.new('RGB', (16, 16), (90, 120, 150)).save(inputs / 'face.png')  # a valid input: the checkpoint is what fails
+    proc = subprocess.run([sys.executable, 'sample.py', '--ckpt', path, '--input', str(inputs), '--out',
                            str(tmp_path / 'out'), '--steps', '2'], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
