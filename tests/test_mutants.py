@@ -37,3 +37,55 @@ def test_rectified_input_and_target_keep_the_noise_dtype():
     out = dream.rectify_x0(lambda x: x.double(), x_t, y, 0.25)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, x_t + 0.25 * (x_t - y))
+
+
+# ----------------------------------------------------------------------------- block_noise.py
+import block_noise as bn  # noqa: E402
+
+
+def test_blur_schedule_of_python_floats_is_float64_and_of_tensors_keeps_their_dtype():
+    """s(t) = blur_sigma_max sin(pi t / 2)^2 with RDM's default blur_sigma_max = 3 (DESIGN), the EDM clock
+    t = Phi((ln sigma - P_mean) / P_std) / prob_length and its inverse: a Python float is computed in float64,
+    a float32 tensor stays float32."""
+    assert bn.blur_sigma(1.0).dtype == torch.float64 and bn.blur_sigma(1.0).item() == pytest.approx(3.0)
+    assert bn.blur_sigma(0.5).item() == pytest.approx(3.0 * math.sin(math.pi / 4) ** 2)
+    assert bn.blur_sigma(torch.tensor([0.5])).dtype == torch.float32
+    phi = 0.5 * (1 + math.erf((math.log(0.9) + 1.2) / 1.2 / math.sqrt(2)))
+    assert bn.sigma_to_t(0.9).dtype == torch.float64
+    assert bn.sigma_to_t(0.9).item() == pytest.approx(phi / 0.93, rel=1e-12)
+    assert bn.sigma_to_t(torch.tensor([0.9])).dtype == torch.float32
+    assert bn.t_to_sigma(phi / 0.93).dtype == torch.float64
+    assert bn.t_to_sigma(phi / 0.93).item() == pytest.approx(0.9, rel=1e-9)
+    assert bn.t_to_sigma(torch.tensor([0.5])).dtype == torch.float32
+
+
+def test_blur_factors_closed_form_with_the_default_and_a_given_blur_sigma_max():
+    """a_ij(t) = (1 - m) exp(-|w_ij|^2 s^2 / 2) + m, w = pi (i, j) / block, s = blur_sigma_max sin(pi t / 2)^2,
+    with the defaults blur_sigma_max 3 and min_scale 1e-3 (DESIGN), and with blur_sigma_max 2 passed through."""
+    def expected(t, block, s_max, m=1e-3):
+        s = s_max * math.sin(math.pi * t / 2) ** 2
+        return torch.tensor([[(1 - m) * math.exp(-(math.pi ** 2) * (i * i + j * j) / block ** 2 * s * s / 2) + m
+                              for j in range(block)] for i in range(block)], dtype=torch.float64)
+    torch.testing.assert_close(bn.blur_factors(0.7, 4)[0, 0], expected(0.7, 4, 3.0))
+    torch.testing.assert_close(bn.blur_factors(0.7, 4, blur_sigma_max=2.0)[0, 0], expected(0.7, 4, 2.0))
+    torch.testing.assert_close(bn.sigma_factors(1.5, 4)[0, 0], expected(1.0, 4, 1.5))
+    s = torch.tensor([1.5], dtype=torch.float32)
+    assert bn.sigma_factors(s, 4).dtype == torch.float32
+
+
+def test_dct_blur_keeps_the_image_dtype():
+    x = torch.randn(1, 3, 8, 8)
+    assert bn.dct_blur(x, 4, 1.0).dtype == torch.float32
+    assert bn.apply_factors(x, 4, bn.blur_factors(0.5, 4)).dtype == torch.float32
+
+
+def test_block_noise_of_block_2_is_the_sum_of_four_shifts_of_one_field_over_2():
+    """(g + roll(g, (0, 1)) + roll(g, (1, 0)) + roll(g, (1, 1))) / 2 on the last two dims, also for a 3-D (C, H, W)
+    shape; block 1 is the field itself."""
+    for shape in ((3, 6, 8), (2, 1, 4, 4)):
+        g = torch.randn(shape, generator=torch.Generator().manual_seed(5))
+        expected = sum(torch.roll(g, shifts=(i, j), dims=(len(shape) - 2, len(shape) - 1))
+                       for i in (0, 1) for j in (0, 1)) / 2
+        got = bn.block_noise(shape, 2, generator=torch.Generator().manual_seed(5))
+        torch.testing.assert_close(got, expected)
+        assert torch.equal(bn.block_noise(shape, 1, generator=torch.Generator().manual_seed(5)), g)
