@@ -13,6 +13,8 @@
 # gradient-accumulation loop, the optimizer step and the EMA) and lr_at are mutated; the rest of train.py is fenced
 # off with mutmut's `# pragma: no mutate start/end` in the scratch copy only.
 # Not part of the test suite or CI. Writes results/reliability/mutation.txt (and mutation_<name>.txt per file).
+# MUTATION_LIMIT_S (default 900) caps each file's run: mutants not reached are counted as "not run", never as killed.
+# REPORT_ONLY=1 rewrites the reports from the scratch copies of an earlier run.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 WORK="${MUTATION_WORK:-/tmp/dream-relay-mutation}"
@@ -20,6 +22,7 @@ OUT_DIR="$ROOT/results/reliability"
 PY="${PYTHON:-python}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 export MPLBACKEND=Agg
+LIMIT="${MUTATION_LIMIT_S:-900}"
 mkdir -p "$WORK" "$OUT_DIR"
 
 # file name -> the tests that cover it (fast ones only)
@@ -56,6 +59,32 @@ open(path, 'w').write('\n'.join(lines))
 EOF
 }
 
+write_report() {  # DIR NAME SECONDS TESTS: the counts, the score and every survivor's diff
+  (cd "$1" && "$PY" -m mutmut export-cicd-stats > /dev/null 2>&1)
+  "$PY" - "$@" <<'EOF'
+import json, subprocess, sys
+dir, name, seconds, tests = sys.argv[1:]
+s = json.load(open(f'{dir}/mutants/mutmut-cicd-stats.json'))
+tried = s['killed'] + s['survived'] + s['timeout'] + s['suspicious'] + s['segfault']
+killed = s['killed'] + s['timeout'] + s['segfault']  # a mutant that hangs or crashes the tests is noticed
+score = killed / tried if tried else float('nan')
+not_run = s['total'] - tried - s['no_tests'] - s['skipped']
+print(f"{name}.py: mutants {s['total']}, run {tried}, killed {s['killed']}, survived {s['survived']}, timeout "
+      f"{s['timeout']}, suspicious {s['suspicious']}, no tests {s['no_tests']}, not run (cap) {not_run}, "
+      f"score {score:.1%} of those run ({seconds} s; tests: {tests})")
+results = subprocess.run([sys.executable, '-m', 'mutmut', 'results'], cwd=dir, capture_output=True, text=True).stdout
+for line in results.splitlines():
+    mutant, _, status = line.strip().rpartition(': ')
+    if status in ('survived', 'no tests'):
+        diff = subprocess.run([sys.executable, '-m', 'mutmut', 'show', mutant], cwd=dir, capture_output=True,
+                              text=True).stdout
+        changed = [l for l in diff.splitlines() if l[:1] in '+-' and l[:3] not in ('---', '+++')]
+        print(f'  {status}: {mutant}')
+        for l in changed:
+            print(f'      {l.strip()}')
+EOF
+}
+
 for name in $NAMES; do
   tests=""
   for t in ${TESTS[$name]:?unknown file $name (one of: $ORDER)}; do
@@ -63,6 +92,13 @@ for name in $NAMES; do
   done
   tests="${tests# }"
   dir="$WORK/$name"
+  report="$OUT_DIR/mutation_$name.txt"
+  if [ -n "${REPORT_ONLY:-}" ]; then
+    seconds=$(cat "$dir/seconds" 2>/dev/null || echo '?')
+    write_report "$dir" "$name" "$seconds" "$tests" > "$report"
+    head -1 "$report"
+    continue
+  fi
   rm -rf "$dir"
   mkdir -p "$dir"
   cp "$ROOT"/*.py "$dir"/
@@ -82,30 +118,11 @@ for name in $NAMES; do
   } > "$dir/setup.cfg"
   echo "== $name.py: $tests"
   start=$(date +%s)
-  (cd "$dir" && "$PY" -m mutmut run --max-children 1 > mutmut_run.log 2>&1) || echo "mutmut run exited $? (see $dir/mutmut_run.log)"
+  (cd "$dir" && timeout -s INT "$LIMIT" "$PY" -m mutmut run --max-children 1 > mutmut_run.log 2>&1) ||
+    echo "mutmut run exited $? (124: stopped at the ${LIMIT} s cap; see $dir/mutmut_run.log)"
   seconds=$(( $(date +%s) - start ))
-  (cd "$dir" && "$PY" -m mutmut export-cicd-stats > /dev/null 2>&1)
-  report="$OUT_DIR/mutation_$name.txt"
-  "$PY" - "$dir" "$name" "$seconds" "$tests" > "$report" <<'EOF'
-import json, subprocess, sys
-dir, name, seconds, tests = sys.argv[1:]
-s = json.load(open(f'{dir}/mutants/mutmut-cicd-stats.json'))
-tried = s['killed'] + s['survived'] + s['timeout'] + s['suspicious'] + s['segfault']
-killed = s['killed'] + s['timeout'] + s['segfault']  # a mutant that hangs or crashes the tests is noticed
-score = killed / tried if tried else float('nan')
-print(f"{name}.py: mutants {s['total']}, killed {s['killed']}, survived {s['survived']}, timeout {s['timeout']}, "
-      f"suspicious {s['suspicious']}, no tests {s['no_tests']}, score {score:.1%} ({seconds} s; tests: {tests})")
-results = subprocess.run([sys.executable, '-m', 'mutmut', 'results'], cwd=dir, capture_output=True, text=True).stdout
-for line in results.splitlines():
-    mutant, _, status = line.strip().rpartition(': ')
-    if status in ('survived', 'no tests'):
-        diff = subprocess.run([sys.executable, '-m', 'mutmut', 'show', mutant], cwd=dir, capture_output=True,
-                              text=True).stdout
-        changed = [l for l in diff.splitlines() if l[:1] in '+-' and l[:3] not in ('---', '+++')]
-        print(f'  {status}: {mutant}')
-        for l in changed:
-            print(f'      {l.strip()}')
-EOF
+  echo "$seconds" > "$dir/seconds"
+  write_report "$dir" "$name" "$seconds" "$tests" > "$report"
   head -1 "$report"
 done
 cat "$OUT_DIR"/mutation_*.txt | grep -E '^\S+\.py:' > "$OUT_DIR/mutation.txt"
