@@ -49,10 +49,14 @@ def fence(before_line, word):
     at = index(before_line)
     indent = lines[at][:len(lines[at]) - len(lines[at].lstrip())]
     lines.insert(at, f'{indent}# pragma: no mutate {word}')
+# mutmut pairs start / end within one block: fence each level of train() on its own
 fence('def get_args', 'start')
-fence('# forward backward update', 'end')
-fence('# what this step has to do', 'start')
-fence('def lr_at', 'end')
+fence('def train(a):', 'end')
+fence('# -- set-up', 'start')
+fence('try:', 'end')
+fence('# what this step has to do', 'block')
+fence('bar.close()', 'block')
+fence('teardown_ddp(dist_info)', 'block')
 fence('def write_checkpoint', 'start')
 fence("if __name__ == '__main__':", 'end')
 open(path, 'w').write('\n'.join(lines))

@@ -139,8 +139,9 @@ def test_grad_accumulation_of_k_micro_batches_equals_one_batch_of_k_times_b(flat
         logged = [r for r in run_log(STEP + ['--data', str(flat_pairs / 'pairs'), '--out', str(out), '--max-iters',
                                              '1', '--batch-size', str(batch), '--grad-accum', str(accum), '--lr',
                                              '0.5', '--eval-every', '100'], out) if 'loss' in r]
-        weights = torch.load(out / 'ckpt.pt', weights_only=True)['model']
-        results[name] = (logged[0]['loss'], weights)
+        ck = torch.load(out / 'ckpt.pt', weights_only=True)
+        assert ck['step'] == 1 and len(logged) == 1  # --max-iters 1: one update, one loss line
+        results[name] = (logged[0]['loss'], ck['model'])
     w0 = initial_weights(0)
     loss_full, w_full = results['full']
     loss_accum, w_accum = results['accum']

@@ -89,3 +89,17 @@ def test_block_noise_of_block_2_is_the_sum_of_four_shifts_of_one_field_over_2():
         got = bn.block_noise(shape, 2, generator=torch.Generator().manual_seed(5))
         torch.testing.assert_close(got, expected)
         assert torch.equal(bn.block_noise(shape, 1, generator=torch.Generator().manual_seed(5)), g)
+
+
+# ----------------------------------------------------------------------------- train.py: the learning rate
+def test_learning_rate_warm_up_and_cosine_decay_closed_form():
+    """lr of iteration step + 1: lr * min(1, (step + 1) / warmup), times 0.5 (1 + cos(pi min(step, T) / T)) for the
+    cosine schedule (T = --max-iters); constant without either."""
+    import train
+    a = train.get_args(['--data', 'x', '--out', 'never_written', '--lr', '0.2', '--warmup', '4', '--max-iters', '10',
+                        '--lr-schedule', 'cosine'])
+    for step in (0, 2, 3, 7, 10, 12):
+        warm = min(1.0, (step + 1) / 4)
+        assert train.lr_at(a, step) == pytest.approx(0.2 * warm * 0.5 * (1 + math.cos(math.pi * min(step, 10) / 10)))
+    a = train.get_args(['--data', 'x', '--out', 'never_written', '--lr', '0.2'])
+    assert train.lr_at(a, 0) == train.lr_at(a, 999) == 0.2
