@@ -103,3 +103,49 @@ def test_learning_rate_warm_up_and_cosine_decay_closed_form():
         assert train.lr_at(a, step) == pytest.approx(0.2 * warm * 0.5 * (1 + math.cos(math.pi * min(step, 10) / 10)))
     a = train.get_args(['--data', 'x', '--out', 'never_written', '--lr', '0.2'])
     assert train.lr_at(a, 0) == train.lr_at(a, 999) == 0.2
+
+
+# ----------------------------------------------------------------------------- metrics.py: KID / FID edges, Y channel
+import metrics  # noqa: E402
+
+
+class _Flat(torch.nn.Module):
+    """Own 'feature network': the 4 pixel values of a (B, 1, 2, 2) image."""
+    num_features = 4
+
+    def forward(self, x):
+        return x.flatten(1)
+
+
+def _points(n, seed):
+    return torch.randn(n, 1, 2, 2, generator=torch.Generator().manual_seed(seed))
+
+
+def test_frechet_distance_of_equal_nonzero_gaussians_is_zero():
+    mu = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    sigma = torch.diag(torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64))
+    assert metrics.frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0.0, abs=1e-9)
+    assert metrics.frechet_distance(mu, sigma, -mu, sigma) == pytest.approx(4 * float(mu @ mu), rel=1e-9)
+
+
+def test_kid_and_fid_accept_two_images_and_refuse_one_counting_every_batch():
+    """The smallest sample is 2 fake and 2 real images (KID subset size 2), counted over all batches of an iterable."""
+    two, one = _points(2, 0), _points(1, 1)
+    assert math.isfinite(metrics.kid(two, _points(2, 2), feature=_Flat(), subset_size=2)[0])
+    assert math.isfinite(metrics.kid(two, _points(2, 2), feature=_Flat())[0])  # default subset size min(n, 1000) = 2
+    with pytest.raises(ValueError, match='at least 2 fake and 2 real images, got 1'):
+        metrics.kid(one, two, feature=_Flat())
+    with pytest.raises(ValueError, match=r'subset size 1 must be in \[2, 2\]'):
+        metrics.kid(two, _points(2, 2), feature=_Flat(), subset_size=1)
+    assert math.isfinite(metrics.fid([one, _points(1, 3)], two, feature=_Flat()))  # 1 + 1 fake images
+    with pytest.raises(ValueError, match='got 1 fake, 2 real'):
+        metrics.fid(one, two, feature=_Flat())
+    with pytest.raises(ValueError, match='got 2 fake, 1 real'):
+        metrics.fid(two, one, feature=_Flat())
+
+
+def test_y_channel_metrics_keep_one_channel_per_image():
+    """BT.601 luma Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255 of uint8 values: (B, 1, H, W)."""
+    q = torch.tensor([255.0, 0.0, 0.0]).reshape(1, 3, 1, 1).expand(2, 3, 4, 5)
+    y = metrics.rgb_to_y(q)
+    assert y.shape == (2, 1, 4, 5) and torch.allclose(y, torch.full_like(y, 16 + 65.481))
