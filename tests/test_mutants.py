@@ -149,3 +149,35 @@ def test_y_channel_metrics_keep_one_channel_per_image():
     q = torch.tensor([255.0, 0.0, 0.0]).reshape(1, 3, 1, 1).expand(2, 3, 4, 5)
     y = metrics.rgb_to_y(q)
     assert y.shape == (2, 1, 4, 5) and torch.allclose(y, torch.full_like(y, 16 + 65.481))
+
+
+# ----------------------------------------------------------------------------- relay.py: the two-stage pipeline
+import relay  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+
+def _shrink(x, sigma):
+    """The exact denoiser of y ~ N(0, 1) per pixel: E[y | y + sigma n] = x / (1 + sigma^2)."""
+    return x / (1 + sigma.reshape(-1, 1, 1, 1).to(x.dtype) ** 2)
+
+
+def test_relay_generate_is_stage_one_then_nearest_upsampling_then_stage_two():
+    """relay_generate(D1, D2, n, res1) against the contract written out: unit latents (n, 3, res1, res1) from the
+    generator, EDM's sampler with 18 steps (first_kwargs passed on), nearest upsampling by `block`, the relay sampler
+    with 18 steps, that block, the same generator and relay_kwargs."""
+    def by_hand(seed, block, steps_first=18, steps_second=18, first_kwargs=None, **relay_kwargs):
+        g = torch.Generator().manual_seed(seed)
+        latents = torch.randn((2, 3, 4, 4), generator=g)
+        low = relay.edm_sampler(_shrink, latents, steps=steps_first, generator=g, **(first_kwargs or {}))
+        x_up = F.interpolate(low, scale_factor=block, mode='nearest')
+        return low, relay.relay_sampler(_shrink, x_up, steps_second, block=block, generator=g, **relay_kwargs)
+
+    churn = dict(S_churn=5.0)  # stage-1 noise: the generator matters there too
+    got = relay.relay_generate(_shrink, _shrink, 2, 4, block=2, generator=torch.Generator().manual_seed(3),
+                               first_kwargs=churn, s_noise=0.7)
+    expected = by_hand(3, 2, first_kwargs=churn, s_noise=0.7)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)
+    assert got[1].shape == (2, 3, 8, 8)
+    got = relay.relay_generate(_shrink, _shrink, 2, 4, steps_first=5, steps_second=7)  # generator None: on the CPU
+    assert got[0].device.type == 'cpu' and got[1].shape == (2, 3, 16, 16)
