@@ -181,3 +181,88 @@ def test_relay_generate_is_stage_one_then_nearest_upsampling_then_stage_two():
     assert got[1].shape == (2, 3, 8, 8)
     got = relay.relay_generate(_shrink, _shrink, 2, 4, steps_first=5, steps_second=7)  # generator None: on the CPU
     assert got[0].device.type == 'cpu' and got[1].shape == (2, 3, 16, 16)
+
+
+# ----------------------------------------------------------------------------- diffusion.py
+import diffusion  # noqa: E402
+
+
+def test_beta_schedule_defaults_are_sr3s_and_unwrap_reaches_the_plain_module():
+    """Defaults 1e-6 .. 1e-2 (SR3 / DREAM, DESIGN); unwrap takes off DDP's .module and torch.compile's ._orig_mod."""
+    assert list(diffusion.beta_schedule('linear', 3)) == pytest.approx([1e-6, (1e-6 + 1e-2) / 2, 1e-2], rel=1e-12)
+    plain = torch.nn.Linear(1, 1)
+    compiled = type('Compiled', (), {'_orig_mod': plain})()
+    ddp = type('DDP', (), {'module': compiled})()
+    assert diffusion.unwrap(ddp) is plain and diffusion.unwrap(compiled) is plain and diffusion.unwrap(plain) is plain
+
+
+def test_smooth_right_inverse_closed_form_and_non_square_projection():
+    """P = M^-1 D^T (D M^-1 D^T)^-1, M = I + s G^T G, G the second difference (rows [1, -2, 1]) built by hand; s = 0 is
+    the pseudo-inverse. A 4x6 low-res input on a 16x24 image: each axis its own operator; the result keeps x's dtype
+    and downsamples to the input."""
+    D = diffusion.downsample_matrix(8, 4)
+    n = 8
+    G = torch.zeros(n - 2, n, dtype=torch.float64)
+    for i in range(n - 2):
+        G[i, i], G[i, i + 1], G[i, i + 2] = 1.0, -2.0, 1.0
+    for s in (1.0, 3.0):
+        Minv = torch.linalg.inv(torch.eye(n, dtype=torch.float64) + s * G.T @ G)
+        expected = Minv @ D.T @ torch.linalg.inv(D @ Minv @ D.T)
+        torch.testing.assert_close(diffusion._right_inverse(D, s), expected)
+    torch.testing.assert_close(diffusion._right_inverse(D, 0), torch.linalg.pinv(D))
+    lr = torch.rand(1, 3, 4, 6) * 2 - 1
+    proj = diffusion.LowResProjection(lr, (16, 24), smooth=1.0)
+    x = torch.rand(1, 3, 16, 24) * 2 - 1
+    out = proj(x)
+    assert out.dtype == torch.float32 and out.shape == x.shape
+    down = diffusion.downsample_matrix(16, 4) @ out.double() @ diffusion.downsample_matrix(24, 6).T
+    torch.testing.assert_close(down, lr.double(), atol=1e-5, rtol=0)
+
+
+def test_gaussian_diffusion_errors_name_the_choices():
+    with pytest.raises(ValueError, match=r"unknown prediction target 'eps2' \(eps, x0, v\)"):
+        diffusion.GaussianDiffusion(None, [0.1], pred='eps2')
+    with pytest.raises(ValueError, match=r"unknown noise conditioning 'sigma' \(gamma, log_sigma\)"):
+        diffusion.GaussianDiffusion(None, [0.1], noise_cond='sigma')
+    net = lambda x, level: x[:, -1:]  # noqa: E731
+    with pytest.raises(ValueError, match=r"unknown loss type 'l3' \(l1, l2\)"):
+        diffusion.GaussianDiffusion(net, [0.1, 0.2]).loss(torch.zeros(1, 1, 2, 2), None, loss_type='l3')
+
+
+class _Recorder(torch.nn.Module):
+    """A 'network' that records the dtype of its noise-level input and returns its last channel's input."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+        self.levels = []
+
+    def forward(self, x, level):
+        self.levels.append(level.dtype)
+        return x[:, -1:] * self.scale
+
+
+def test_v_loss_without_condition_and_the_noise_level_in_the_input_dtype():
+    """The v-target uses gamma: v = gamma eps - sqrt(1 - gamma^2) x0 (loss with cond None must run); the network's
+    noise level arrives in x_t's dtype (fp32) although gamma is kept in float64."""
+    net = _Recorder()
+    diff = diffusion.GaussianDiffusion(net, diffusion.beta_schedule('linear', 10, 1e-3, 0.2), pred='v')
+    x0 = torch.rand(4, 1, 2, 2)
+    g = torch.Generator().manual_seed(0)
+    loss = diff.loss(x0, None, loss_type='l2', generator=g)
+    g = torch.Generator().manual_seed(0)
+    gamma = diff.sample_gamma(4, 'cpu', g).float().reshape(-1, 1, 1, 1)
+    eps = torch.randn(x0.shape, generator=g)
+    x_t = gamma * x0 + (1 - gamma ** 2).sqrt() * eps
+    v = gamma * eps - (1 - gamma ** 2).sqrt() * x0
+    assert loss.item() == pytest.approx(((x_t - v) ** 2).mean().item(), rel=1e-5)
+    assert net.levels and set(net.levels) == {torch.float32}
+
+
+def test_training_noise_levels_draw_t_from_1_to_T():
+    """t ~ U{1..T}, gamma ~ U(gamma_t, gamma_{t-1}): with T = 2 exactly half the draws lie above gamma_1."""
+    diff = diffusion.GaussianDiffusion(None, [0.1, 0.9])
+    gamma = diff.sample_gamma(20000, 'cpu', torch.Generator().manual_seed(0))
+    assert gamma.dtype == torch.float64
+    above = (gamma > diff.gamma[1]).double().mean().item()
+    assert abs(above - 0.5) < 0.02, above
