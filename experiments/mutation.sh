@@ -109,13 +109,14 @@ for name in $NAMES; do
   cp -r "$ROOT/tests" "$dir"/
   [ -d "$ROOT/configs" ] && cp -r "$ROOT/configs" "$dir"/
   [ -d "$ROOT/experiments" ] && cp -r "$ROOT/experiments" "$dir"/
+  cp "$ROOT/README.md" "$dir"/  # tests/test_review.py reads it
   [ "$name" = train ] && fence_train "$dir/train.py"
   others=$(cd "$ROOT" && ls *.py | grep -v "^$name.py$")
   {
     echo '[mutmut]'
     echo "source_paths = $name.py"
     echo 'also_copy ='
-    for f in $others configs experiments; do echo "    $f"; done
+    for f in $others configs experiments README.md; do echo "    $f"; done
     echo 'pytest_add_cli_args_test_selection ='
     for t in $tests; do echo "    $t"; done
     echo 'pytest_add_cli_args = -p no:cacheprovider -x -q'
