@@ -266,3 +266,17 @@ def test_training_noise_levels_draw_t_from_1_to_T():
     assert gamma.dtype == torch.float64
     above = (gamma > diff.gamma[1]).double().mean().item()
     assert abs(above - 0.5) < 0.02, above
+
+
+def test_default_truncation_sigma_closed_form():
+    """min(cap, 0.999 sigma(t = 1)), sigma(t) = exp(P_mean + P_std Phi^-1(t prob_length)): the relay sampler starts
+    just below the largest noise level the stage-2 model was trained on, and never above the cap 0.9."""
+    from statistics import NormalDist
+
+    def sigma_at_one(prob_length, p_mean=-1.2, p_std=1.2):
+        return math.exp(p_mean + p_std * NormalDist().inv_cdf(prob_length))
+    assert relay.default_truncation_sigma(0.5) == pytest.approx(0.999 * sigma_at_one(0.5), rel=1e-9)  # 0.3009
+    assert relay.default_truncation_sigma(0.6, P_mean=-1.0, P_std=2.0) == pytest.approx(
+        0.999 * sigma_at_one(0.6, -1.0, 2.0), rel=1e-9)
+    assert relay.default_truncation_sigma(0.93) == 0.9  # 0.999 * 1.77 capped
+    assert relay.default_truncation_sigma(0.93, cap=1.5) == pytest.approx(1.5)
