@@ -141,6 +141,7 @@ def test_grad_accumulation_of_k_micro_batches_equals_one_batch_of_k_times_b(flat
                                              '0.5', '--eval-every', '100'], out) if 'loss' in r]
         ck = torch.load(out / 'ckpt.pt', weights_only=True)
         assert ck['step'] == 1 and len(logged) == 1  # --max-iters 1: one update, one loss line
+        assert logged[0]['img_s'] > 0
         results[name] = (logged[0]['loss'], ck['model'])
     w0 = initial_weights(0)
     loss_full, w_full = results['full']
@@ -259,3 +260,20 @@ def test_sweep_weights_each_chunk_by_its_images(monkeypatch):
     a = type('Args', (), dict(batch_size=2, seed=0, temperature=None))()
     res = sweep.score_point(ck, {'psnr_of_image': values}, 3, 'ddim', a, 'cpu', torch.float32)
     assert res['n'] == 5 and res['psnr'] == pytest.approx(40.0)
+
+
+def test_the_optimizer_steps_with_the_warm_up_learning_rate(flat_pairs, tmp_path, monkeypatch):
+    """--warmup 4: the first update uses lr / 4 (lr_at(0)), so one plain-SGD step moves the weights a quarter as far
+    as without warm-up, on the same batch and loss. Seen failing: the schedule computed but not put in the optimizer."""
+    monkeypatch.setattr(train, 'compute_loss', fixed_loss)
+    monkeypatch.setattr(train, 'to_device', no_flip)
+    monkeypatch.setattr(torch.optim, 'Adam', lambda params, lr: torch.optim.SGD(params, lr=lr))
+    w0 = initial_weights(0)
+    moved = {}
+    for name, extra in (('constant', []), ('warm', ['--warmup', '4'])):
+        out = tmp_path / name
+        train.main(STEP + ['--data', str(flat_pairs / 'pairs'), '--out', str(out), '--max-iters', '1', '--batch-size',
+                           '4', '--lr', '0.5', '--eval-every', '100'] + extra)
+        w = torch.load(out / 'ckpt.pt', weights_only=True)['model']
+        moved[name] = torch.cat([(w[k] - w0[k]).flatten() for k in w0 if w0[k].is_floating_point()])
+    torch.testing.assert_close(moved['warm'], moved['constant'] / 4, rtol=1e-4, atol=1e-7)
