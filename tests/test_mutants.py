@@ -280,3 +280,48 @@ def test_default_truncation_sigma_closed_form():
         0.999 * sigma_at_one(0.6, -1.0, 2.0), rel=1e-9)
     assert relay.default_truncation_sigma(0.93) == 0.9  # 0.999 * 1.77 capped
     assert relay.default_truncation_sigma(0.93, cap=1.5) == pytest.approx(1.5)
+
+
+# ----------------------------------------------------------------------------- tasks.py: flags -> sampler, network
+import tasks  # noqa: E402
+
+
+def test_sr_sampling_and_relay_noise_read_the_runs_flags_with_sr3_and_rdm_defaults():
+    assert tasks.sr_sampling({}, 'LR') == dict(lr=None, temperature=1.0, project_smooth=0.0)
+    assert tasks.sr_sampling({'project': True, 'temperature': 0.5, 'project_smooth': 3.0}, 'LR') == \
+        dict(lr='LR', temperature=0.5, project_smooth=3.0)
+    assert tasks.sr_sampling({'project': False, 'temperature': 0.0}, 'LR') == \
+        dict(lr=None, temperature=0.0, project_smooth=0.0)
+    assert tasks.relay_noise({}) == (0.2, 0.15)  # RDM's s_noise and block noise
+    assert tasks.relay_noise({'s_noise': 1.0, 'block_noise': 0.0}) == (1.0, 0.0)
+
+
+def test_model_from_args_rebuilds_old_and_new_runs():
+    """Old checkpoints (no norm_groups, no upsample): gcd(32, channels) GroupNorm groups and nearest upsampling;
+    new ones: what they name."""
+    old = tasks.model_from_args({'task': 'sr8_32', 'model': 'tiny'})
+    assert old.conv_out[0].num_groups == 16
+    assert {m.mode for m in old.modules() if isinstance(m, torch.nn.Upsample)} == {'nearest'}
+    new = tasks.model_from_args({'task': 'relay8', 'model': 'tiny', 'norm_groups': 8, 'upsample': 'bilinear'})
+    assert new.conv_out[0].num_groups == 8
+    assert {m.mode for m in new.modules() if isinstance(m, torch.nn.Upsample)} == {'bilinear'}
+
+
+def test_relay_inputs_are_the_tile_means_nearest_and_bicubic_upsampled():
+    hr = torch.rand(1, 3, 8, 8) * 2 - 1
+    x_up, bicubic = tasks.relay_inputs(hr, 2)
+    means = hr.reshape(1, 3, 4, 2, 4, 2).mean(dim=(3, 5))
+    torch.testing.assert_close(x_up, means.repeat_interleave(2, -2).repeat_interleave(2, -1))
+    expected = F.interpolate(means, size=(8, 8), mode='bicubic', align_corners=False).clamp(-1, 1)
+    torch.testing.assert_close(bicubic, expected)
+    torch.testing.assert_close(tasks.nearest_up(means, 2), x_up)
+
+
+def test_make_diffusion_reads_the_formulation_with_sr3_defaults():
+    cfg = dict(schedule='quad', timesteps=5, beta_start=1e-4, beta_end=1e-2)
+    diff = tasks.make_diffusion(None, cfg)
+    assert (diff.pred, diff.residual, diff.noise_cond, diff.num_timesteps) == ('eps', False, 'gamma', 5)
+    expected = torch.cumprod(1 - torch.as_tensor(diffusion.beta_schedule('quad', 5, 1e-4, 1e-2)), 0)
+    torch.testing.assert_close(diff.alpha_bar[1:], expected)
+    diff = tasks.make_diffusion(None, dict(cfg, pred='v', residual=True, noise_cond='log_sigma'))
+    assert (diff.pred, diff.residual, diff.noise_cond) == ('v', True, 'log_sigma')
