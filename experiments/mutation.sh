@@ -15,6 +15,7 @@
 # Not part of the test suite or CI. Writes results/reliability/mutation.txt (and mutation_<name>.txt per file).
 # MUTATION_LIMIT_S (default 900) caps each file's run: mutants not reached are counted as "not run", never as killed.
 # REPORT_ONLY=1 rewrites the reports from the scratch copies of an earlier run.
+# RERUN_SURVIVORS=1 re-runs only the survivors (and no-test mutants) of an earlier run, with the current tests/.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 WORK="${MUTATION_WORK:-/tmp/dream-relay-mutation}"
@@ -103,6 +104,19 @@ for name in $NAMES; do
     head -1 "$report"
     continue
   fi
+  if [ -n "${RERUN_SURVIVORS:-}" ]; then
+    survivors=$(grep -E '^  (survived|no tests): ' "$report" | awk '{print $NF}')
+    cp -r "$ROOT/tests/." "$dir/tests/"
+    cp -r "$ROOT/tests/." "$dir/mutants/tests/"
+    echo "== $name.py: re-running $(echo $survivors | wc -w) survivors"
+    start=$(date +%s)
+    (cd "$dir" && timeout -s INT "$LIMIT" "$PY" -m mutmut run --max-children 1 $survivors > mutmut_rerun.log 2>&1) ||
+      echo "mutmut run exited $? (see $dir/mutmut_rerun.log)"
+    seconds="$(cat "$dir/seconds") + re-run $(( $(date +%s) - start ))"
+    write_report "$dir" "$name" "$seconds" "$tests" > "$report"
+    head -1 "$report"
+    continue
+  fi
   rm -rf "$dir"
   mkdir -p "$dir"
   cp "$ROOT"/*.py "$dir"/
@@ -130,5 +144,7 @@ for name in $NAMES; do
   write_report "$dir" "$name" "$seconds" "$tests" > "$report"
   head -1 "$report"
 done
-cat "$OUT_DIR"/mutation_*.txt | grep -E '^\S+\.py:' > "$OUT_DIR/mutation.txt"
+for name in $ORDER; do
+  [ -f "$OUT_DIR/mutation_$name.txt" ] && head -1 "$OUT_DIR/mutation_$name.txt"
+done > "$OUT_DIR/mutation.txt"
 cat "$OUT_DIR/mutation.txt"

@@ -179,6 +179,10 @@ def test_relay_generate_is_stage_one_then_nearest_upsampling_then_stage_two():
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b)
     assert got[1].shape == (2, 3, 8, 8)
+    got = relay.relay_generate(_shrink, _shrink, 2, 4, block=2, steps_first=5, steps_second=7,
+                               generator=torch.Generator().manual_seed(4), first_kwargs=churn)
+    for a, b in zip(got, by_hand(4, 2, steps_first=5, steps_second=7, first_kwargs=churn)):
+        torch.testing.assert_close(a, b)
     got = relay.relay_generate(_shrink, _shrink, 2, 4, steps_first=5, steps_second=7)  # generator None: on the CPU
     assert got[0].device.type == 'cpu' and got[1].shape == (2, 3, 16, 16)
 
@@ -276,6 +280,7 @@ def test_default_truncation_sigma_closed_form():
     def sigma_at_one(prob_length, p_mean=-1.2, p_std=1.2):
         return math.exp(p_mean + p_std * NormalDist().inv_cdf(prob_length))
     assert relay.default_truncation_sigma(0.5) == pytest.approx(0.999 * sigma_at_one(0.5), rel=1e-9)  # 0.3009
+    assert relay.default_truncation_sigma(0.6) == pytest.approx(0.999 * sigma_at_one(0.6), rel=1e-9)  # P_std counts
     assert relay.default_truncation_sigma(0.6, P_mean=-1.0, P_std=2.0) == pytest.approx(
         0.999 * sigma_at_one(0.6, -1.0, 2.0), rel=1e-9)
     assert relay.default_truncation_sigma(0.93) == 0.9  # 0.999 * 1.77 capped
