@@ -64,6 +64,17 @@ open(path, 'w').write('\n'.join(lines))
 EOF
 }
 
+write_cfg() {  # NAME TESTS: mutmut's settings for one file
+  others=$(cd "$ROOT" && ls *.py | grep -v "^$1.py$")
+  echo '[mutmut]'
+  echo "source_paths = $1.py"
+  echo 'also_copy ='
+  for f in $others configs experiments README.md; do echo "    $f"; done
+  echo 'pytest_add_cli_args_test_selection ='
+  for t in $2; do echo "    $t"; done
+  echo 'pytest_add_cli_args = -p no:cacheprovider -x -q'
+}
+
 write_report() {  # DIR NAME SECONDS TESTS: the counts, the score and every survivor's diff
   (cd "$1" && "$PY" -m mutmut export-cicd-stats > /dev/null 2>&1)
   "$PY" - "$@" <<'EOF'
@@ -108,6 +119,8 @@ for name in $NAMES; do
     survivors=$(grep -E '^  (survived|no tests): ' "$report" | awk '{print $NF}')
     cp -r "$ROOT/tests/." "$dir/tests/"
     cp -r "$ROOT/tests/." "$dir/mutants/tests/"
+    write_cfg "$name" "$tests" > "$dir/setup.cfg"  # the current test selection (new test files included)
+    cp "$dir/setup.cfg" "$dir/mutants/setup.cfg"
     echo "== $name.py: re-running $(echo $survivors | wc -w) survivors"
     start=$(date +%s)
     (cd "$dir" && timeout -s INT "$LIMIT" "$PY" -m mutmut run --max-children 1 $survivors > mutmut_rerun.log 2>&1) ||
@@ -125,16 +138,7 @@ for name in $NAMES; do
   [ -d "$ROOT/experiments" ] && cp -r "$ROOT/experiments" "$dir"/
   cp "$ROOT/README.md" "$dir"/  # tests/test_review.py reads it
   [ "$name" = train ] && fence_train "$dir/train.py"
-  others=$(cd "$ROOT" && ls *.py | grep -v "^$name.py$")
-  {
-    echo '[mutmut]'
-    echo "source_paths = $name.py"
-    echo 'also_copy ='
-    for f in $others configs experiments README.md; do echo "    $f"; done
-    echo 'pytest_add_cli_args_test_selection ='
-    for t in $tests; do echo "    $t"; done
-    echo 'pytest_add_cli_args = -p no:cacheprovider -x -q'
-  } > "$dir/setup.cfg"
+  write_cfg "$name" "$tests" > "$dir/setup.cfg"
   echo "== $name.py: $tests"
   start=$(date +%s)
   (cd "$dir" && timeout -s INT "$LIMIT" "$PY" -m mutmut run --max-children 1 > mutmut_run.log 2>&1) ||
