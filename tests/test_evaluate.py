@@ -269,7 +269,7 @@ def test_cli_errors_in_process(folders, tmp_path, capsys):
     assert err.startswith("error:") and "000.png" in err and len(err.strip().splitlines()) == 1
 
 
-def test_lpips_fn_never_crashes():
+def test_lpips_fn_gives_a_net_or_a_reason_and_is_built_once():
     fn, reason = metrics.lpips_fn()
     assert (fn is None) == bool(reason)
     assert metrics.lpips_fn() is metrics.lpips_fn()  # built once

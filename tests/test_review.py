@@ -103,19 +103,27 @@ def test_relay_sampling_gets_a_generator_made_for_the_sampling_device(tmp_path, 
         made[id(g)] = torch.device(device)
         return g
 
-    def fake_sampler(name):
+    def spy_sampler(name, real):
         def run(D, x, *args, generator=None, **kwargs):
             seen.append((name, id(generator), x.device))
-            return torch.zeros_like(x)
+            return real(D, x, *args, generator=generator, **kwargs)
         return run
 
     monkeypatch.setattr(sample, 'make_generator', spy_make)
-    monkeypatch.setattr(relay, 'edm_sampler', fake_sampler('stage 1'))
-    monkeypatch.setattr(relay, 'relay_sampler', fake_sampler('stage 2'))
-    sample.main(['--relay', '--ckpt-first', str(tmp_path / 'relay4' / 'ckpt.pt'), '--ckpt-second',
-                 str(tmp_path / 'relay4_16' / 'ckpt.pt'), '--n', '2', '--out', str(tmp_path / 'gen'), '--device', 'cpu',
-                 '--dtype', 'fp32'])
-    assert [name for name, _, _ in seen] == ['stage 1', 'stage 2']
+    monkeypatch.setattr(relay, 'edm_sampler', spy_sampler('stage 1', relay.edm_sampler))
+    monkeypatch.setattr(relay, 'relay_sampler', spy_sampler('stage 2', relay.relay_sampler))
+    pngs = []
+    for seed, folder in ((0, 'gen'), (0, 'again'), (1, 'other')):
+        sample.main(['--relay', '--ckpt-first', str(tmp_path / 'relay4' / 'ckpt.pt'), '--ckpt-second',
+                     str(tmp_path / 'relay4_16' / 'ckpt.pt'), '--n', '2', '--out', str(tmp_path / folder),
+                     '--device', 'cpu', '--dtype', 'fp32', '--steps-first', '3', '--steps-second', '3',
+                     '--seed', str(seed)])
+        pngs.append(sorted(p for p in os.listdir(tmp_path / folder) if p.endswith('.png') and p != 'grid.png'))
+        pngs[-1] = [np.asarray(Image.open(tmp_path / folder / p)) for p in pngs[-1]]
+    assert [name for name, _, _ in seen] == ['stage 1', 'stage 2'] * 3
+    # the real samplers draw from the generator they are handed: the same seed repeats the images, another does not
+    assert len(pngs[0]) == 2 and all(np.array_equal(a, b) for a, b in zip(pngs[0], pngs[1]))
+    assert not any(np.array_equal(a, b) for a, b in zip(pngs[0], pngs[2]))
     for _, gen_id, device in seen:  # the generator each sampler drew with was made for the device it samples on
         assert gen_id in made and made[gen_id] == device
 
