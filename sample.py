@@ -9,6 +9,7 @@ Relay stage 2 alone, continuing given low-resolution images:
     python sample.py --relay --ckpt-second out/r2/ckpt.pt --input lr_images/ --out faces
 Writes one PNG per image (input file names kept) and grid.png.
 """
+import argparse
 import os
 import sys
 
@@ -19,7 +20,7 @@ import data
 import relay
 from checkpoint import load_model
 from runtime import Parser, UsageError, autocast, make_generator, pick_device, pick_dtype
-from tasks import make_diffusion, nearest_up, parse_task, relay_noise, sr_sampling
+from tasks import make_diffusion, nearest_up, parse_task, relay_noise, relay_projection, sr_sampling
 
 
 def get_args(argv=None):
@@ -32,8 +33,11 @@ def get_args(argv=None):
     p.add_argument('--temperature', type=float, default=None,
                    help="SR: scale of the noise added after x_T (default: the run's --temperature, 1 = DDPM as written)")
     p.add_argument('--project-smooth', type=float, default=None,
-                   help="SR, for a run trained with --project: the correction's smoothness (default: the run's; 0 = "
-                        "the pseudo-inverse)")
+                   help="SR and relay stage 2, with the run's --project (or --project): the correction's smoothness "
+                        "(default: the run's; 0 = the pseudo-inverse)")
+    p.add_argument('--project', action=argparse.BooleanOptionalAction, default=None,
+                   help="relay stage 2: the tile-mean consistency step on every denoised estimate (default: the run's "
+                        "--project; --no-project turns it off)")
     p.add_argument('--relay', action='store_true')
     p.add_argument('--ckpt-first', help='relay stage 1 (relayL) checkpoint')
     p.add_argument('--ckpt-second', help='relay stage 2 (relayL_H) checkpoint')
@@ -99,7 +103,14 @@ def relay_kwargs(a, cfg2):
     s_block = a.s_block if a.s_block is not None else run_s_block
     if not 0 <= s_noise <= 1 or not s_block >= 0:
         raise UsageError(f'--s-noise must be in [0, 1] and --s-block non-negative, got {s_noise} and {s_block}')
-    return dict(truncation_sigma=truncation_sigma, s_block=s_block, s_noise=s_noise,
+    projection = relay_projection(cfg2)
+    if a.project is not None:
+        projection['project'] = a.project
+    if a.project_smooth is not None:
+        if not a.project_smooth >= 0:
+            raise UsageError(f'--project-smooth must be >= 0, got {a.project_smooth}')
+        projection['project_smooth'] = a.project_smooth
+    return dict(truncation_sigma=truncation_sigma, s_block=s_block, s_noise=s_noise, **projection,
                 truncation_t=truncation_t, blur_sigma_max=cfg2['blur_sigma_max'], heun_noise=a.heun_noise)
 
 
