@@ -109,7 +109,9 @@ def relay_kwargs(a, cfg2):
     if a.project_smooth is not None:
         if not a.project_smooth >= 0:
             raise UsageError(f'--project-smooth must be >= 0, got {a.project_smooth}')
-        projection['project_smooth'] = a.project_smooth
+        if a.project is False:
+            raise UsageError('--project-smooth sets the projection that --no-project turns off: give one of them')
+        projection.update(project=True, project_smooth=a.project_smooth)  # as for SR: a smoothness turns it on
     return dict(truncation_sigma=truncation_sigma, s_block=s_block, s_noise=s_noise, **projection,
                 truncation_t=truncation_t, blur_sigma_max=cfg2['blur_sigma_max'], heun_noise=a.heun_noise)
 

@@ -224,10 +224,13 @@ def test_sample_relay_reads_the_runs_project_and_its_overrides(projected_run, mo
     assert seen and all(s == want for s in seen), seen
 
 
-def test_sample_relay_refuses_a_negative_smoothness(projected_run, capsys):
+@pytest.mark.parametrize('flags', [['--project-smooth', '-1'], ['--no-project', '--project-smooth', '3']])
+def test_sample_relay_refuses_a_smoothness_that_cannot_act(projected_run, capsys, flags):
     root, ckpt = projected_run
     with pytest.raises(SystemExit) as e:
         sample.main(['--relay', '--ckpt-second', str(ckpt), '--input', str(root / 'lr'), '--out',
-                     str(root / 'gen2'), '--device', 'cpu', '--project-smooth', '-1'])
+                     str(root / 'gen2'), '--device', 'cpu'] + flags)
     assert e.value.code == 2
-    assert 'project-smooth' in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert 'project-smooth' in err and len(err.strip().splitlines()) == 1
+    assert not os.path.exists(root / 'gen2')
