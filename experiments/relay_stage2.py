@@ -109,7 +109,7 @@ def cached_scores(a, ckpt, hr, base):
     key = dict(step=checkpoint_step(ckpt), n=len(hr), steps=a.steps, s_block=a.s_block, smooth=a.smooth,
                sample_seed=a.sample_seed, hr_sum=round(float(hr.double().sum()), 6))
     if os.path.isfile(cache):
-        saved = torch.load(cache, weights_only=False)
+        saved = torch.load(cache, weights_only=True)
         if saved['key'] == key:
             print(f'{ckpt}: scores from {cache}', flush=True)
             return saved['rows'], saved['outputs']
