@@ -197,6 +197,7 @@ def main():
     ap.add_argument('--data', default='../shared/data/faces')
     ap.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     ap.add_argument('--train', action='store_true', help='train the missing / unfinished runs first')
+    ap.add_argument('--train-only', action='store_true', help='with --train: stop after training')
     ap.add_argument('--max-iters', type=int, nargs='+', default=[1500],
                     help='training lengths; a length above the first continues the first length\'s run of that seed')
     ap.add_argument('--n', type=int, default=32)
@@ -211,6 +212,8 @@ def main():
         for max_iters in a.max_iters:
             for seed in a.seeds:
                 train_seed(argparse.Namespace(**{**vars(a), 'max_iters': max_iters}), seed)
+        if a.train_only:
+            return
     hr = heldout(data.ImageFolder(os.path.join(ROOT, a.data) if not os.path.isabs(a.data) else a.data, 64),
                  a.n)['image']
     base = baselines(hr, 4, a.smooth[0])
