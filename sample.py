@@ -103,15 +103,16 @@ def relay_kwargs(a, cfg2):
     s_block = a.s_block if a.s_block is not None else run_s_block
     if not 0 <= s_noise <= 1 or not s_block >= 0:
         raise UsageError(f'--s-noise must be in [0, 1] and --s-block non-negative, got {s_noise} and {s_block}')
-    projection = relay_projection(cfg2)
-    if a.project is not None:
-        projection['project'] = a.project
-    if a.project_smooth is not None:
-        if not a.project_smooth >= 0:
-            raise UsageError(f'--project-smooth must be >= 0, got {a.project_smooth}')
-        if a.project is False:
+    projection = relay_projection(cfg2)  # the run's; --project / --no-project / --project-smooth over it
+    project, smooth = getattr(a, 'project', None), getattr(a, 'project_smooth', None)
+    if project is not None:
+        projection['project'] = project
+    if smooth is not None:
+        if not smooth >= 0:
+            raise UsageError(f'--project-smooth must be >= 0, got {smooth}')
+        if project is False:
             raise UsageError('--project-smooth sets the projection that --no-project turns off: give one of them')
-        projection.update(project=True, project_smooth=a.project_smooth)  # as for SR: a smoothness turns it on
+        projection.update(project=True, project_smooth=smooth)  # as for SR: a smoothness turns it on
     return dict(truncation_sigma=truncation_sigma, s_block=s_block, s_noise=s_noise, **projection,
                 truncation_t=truncation_t, blur_sigma_max=cfg2['blur_sigma_max'], heun_noise=a.heun_noise)
 
