@@ -171,7 +171,9 @@ def spread(vals, fmt):
     if len(vals) == 1:
         return format(vals[0], fmt)
     mean, std = statistics.mean(vals), statistics.stdev(vals)
-    return f'{mean:{fmt}} ± {std:{fmt}} ({min(vals):{fmt}}-{max(vals):{fmt}})'
+    std_fmt = fmt.lstrip('+')
+    dash = ' to ' if fmt.startswith('+') else '-'  # signed values: '-0.65 to -0.60', not '-0.65--0.60'
+    return f'{mean:{fmt}} ± {std:{std_fmt}} ({min(vals):{fmt}}{dash}{max(vals):{fmt}})'
 
 
 def summary(rows):
