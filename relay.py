@@ -222,10 +222,53 @@ def default_truncation_sigma(prob_length, P_mean=-1.2, P_std=1.2, cap=0.9):
     return min(cap, 0.999 * float(t_to_sigma(1.0, P_mean, P_std, prob_length)))
 
 
+# ----------------------------------------------------------------------------------------------
+# Tile-mean consistency (our option, the relay's analogue of diffusion.LowResProjection / SR's --project)
+
+def box_matrix(size, block, dtype=torch.float64, device=None):
+    """The 1-D box downsample A (size // block, size): row i averages pixels i*block .. i*block + block - 1."""
+    eye = torch.eye(size // block, dtype=dtype, device=device)
+    return eye.repeat_interleave(block, dim=1) / block
+
+
+def smoothest_right_inverse(A, smooth):
+    """P with A P = I whose columns are the smoothest: P = M^-1 A^T (A M^-1 A^T)^-1, M = I + smooth G^T G, G the
+    second difference. smooth = 0: the pseudo-inverse A^T (A A^T)^-1 (for the box A: block * A^T, nearest up)."""
+    n = A.shape[1]
+    eye = torch.eye(n, dtype=A.dtype, device=A.device)
+    G = torch.diff(eye, n=2, dim=0)
+    M_inv_At = torch.linalg.solve(eye + smooth * G.T @ G, A.T)
+    return M_inv_At @ torch.linalg.inv(A @ M_inv_At)
+
+
+class TileMeanProjection:
+    """Exact projection onto the images whose block x block tile means are `lr` (B, C, h, w). The box downsample
+    A x = A_h x A_w^T is linear and A up = I (up: nearest upsampling), so the L2-closest such image is
+        P(x) = x + up(lr - A x)     (smooth = 0: each tile shifted by its mean error; A P(x) = lr, P(P(x)) = P(x)).
+    smooth > 0: the correction is the smoothest consistent one instead of the smallest, per axis
+        P(x) = x + P_h (lr - A x) P_w^T,  P = smoothest_right_inverse(A, smooth)
+    (still A P(x) = lr, but no 4x4 steps in the correction). Computes in float64, returns x's dtype."""
+
+    def __init__(self, lr, block, smooth=0.0):
+        if not smooth >= 0:
+            raise ValueError(f'smooth must be >= 0, got {smooth}')
+        h, w = lr.shape[-2] * block, lr.shape[-1] * block
+        self.lr = lr.double()
+        self.A_h = box_matrix(h, block, device=lr.device)
+        self.A_w = box_matrix(w, block, device=lr.device)
+        self.P_h = smoothest_right_inverse(self.A_h, smooth)
+        self.P_w = smoothest_right_inverse(self.A_w, smooth)
+
+    def __call__(self, x):
+        xd = x.double()
+        residual = self.lr - self.A_h @ xd @ self.A_w.T
+        return (xd + self.P_h @ residual @ self.P_w.T).to(x.dtype)
+
+
 @torch.inference_mode()
 def relay_sampler(D, x_up, steps, truncation_sigma=0.9, truncation_t=0.93, block=4, s_block=0.15, s_noise=0.2,
                   blur_sigma_max=3.0, sigma_min=0.008, sigma_max=80.0, rho=7.0, generator=None, callback=None,
-                  progress=False, heun_noise='reuse'):
+                  progress=False, heun_noise='reuse', project=False, project_smooth=0.0):
     """RDM's blur sampler (official `blur_sampler`), stage 2.
 
     x_up: the nearest-upsampled low-res image (B, C, H, W). The noise grid is EDM's (steps, sigma_min,
@@ -252,6 +295,10 @@ def relay_sampler(D, x_up, steps, truncation_sigma=0.9, truncation_t=0.93, block
     reusing z correlates the corrector's noise with the slope it corrects (README "Relay Diffusion").
     sigma_min defaults to the official stage-2 value 0.008: the stage-2 model is trained with sigma >=
     truncate_sigma = 0.0075 only. Computes in float64, returns x_up's dtype. callback(i, x, denoised).
+    project (our option, the analogue of SR's --project): every denoised estimate D(x, sigma), and so the output,
+    is replaced by TileMeanProjection(its tile means := x_up's, project_smooth). With project_smooth 0 this sets
+    the DC coefficient of each tile (blur factor 1 at every t) to the input's, so the tile means of x follow the
+    input plus the sampler's noise exactly and the output's tile means equal x_up's.
     """
     if heun_noise not in ('reuse', 'fresh'):
         raise ValueError(f"heun_noise must be 'reuse' or 'fresh', got {heun_noise!r}")
@@ -265,7 +312,11 @@ def relay_sampler(D, x_up, steps, truncation_sigma=0.9, truncation_t=0.93, block
     dct, idct = (lambda z: dct_2d(z, block)), (lambda z: idct_2d(z, block))
     t_of = lambda s: sigma_to_t(s, prob_length=truncation_t)
     alpha = lambda s: expand_factors(blur_factors(t_of(s), block, blur_sigma_max, 1e-3), H, W)  # (1, 1, H, W)
-    Dx = lambda x, s: D(x, torch.full((B,), float(s), dtype=x.dtype, device=x.device)).to(torch.float64)
+    project_fn = TileMeanProjection(F.avg_pool2d(x_up, block), block, project_smooth) if project else None
+
+    def Dx(x, s):
+        denoised = D(x, torch.full((B,), float(s), dtype=x.dtype, device=x.device)).to(torch.float64)
+        return denoised if project_fn is None else project_fn(denoised)
 
     def noise():  # unit Gaussian plus s_block block noise, as in training
         n = _randn(x_up.shape, x_up, generator)

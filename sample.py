@@ -29,7 +29,7 @@ import metrics
 import relay
 from checkpoint import load_model
 from runtime import Parser, UsageError, autocast, make_generator, pick_device, pick_dtype
-from tasks import make_diffusion, nearest_up, parse_task, relay_noise, sr_sampling
+from tasks import make_diffusion, nearest_up, parse_task, relay_noise, relay_projection, sr_sampling
 
 # The shipped models: pretrained/ beside this file, or the folder named by --pretrained-dir / this variable.
 PRETRAINED_ENV = 'DREAM_RELAY_PRETRAINED'
@@ -60,11 +60,11 @@ def get_args(argv=None):
                    help="SR: scale of the noise added after x_T (default: the run's --temperature, 1 = DDPM as "
                         "written); with --sampler ddim it needs --eta > 0")
     p.add_argument('--project', action=argparse.BooleanOptionalAction, default=None,
-                   help="SR: project every x0 estimate onto the images whose bicubic downsample is the input "
-                        "(default: the run's --project)")
+                   help="SR: project every x0 estimate onto the images whose bicubic downsample is the input; relay "
+                        "stage 2: onto the images whose tile means are the input's (default: the run's --project)")
     p.add_argument('--project-smooth', type=float, default=None,
-                   help="SR: the projection's smoothness (default: the run's; 0 = the pseudo-inverse); turns the "
-                        "projection on")
+                   help="SR and relay stage 2: the projection's smoothness (default: the run's; 0 = the "
+                        "pseudo-inverse); turns the projection on")
     p.add_argument('--relay', action='store_true')
     p.add_argument('--ckpt-first', help=f'relay stage 1 (relayL) checkpoint (default: shipped {RELAY_FIRST})')
     p.add_argument('--ckpt-second', help=f'relay stage 2 (relayL_H) checkpoint (default: shipped {RELAY_SECOND})')
@@ -102,9 +102,8 @@ def get_args(argv=None):
 
 def check_sr_flags(a):
     """Flags that would do nothing are refused: SR flags with --relay, --eta with DDPM, --temperature with DDIM at
-    eta 0 (no noise to scale), --project-smooth with --no-project."""
-    sr_only = {'--ckpt': a.ckpt, '--eta': a.eta, '--temperature': a.temperature, '--project': a.project,
-               '--project-smooth': a.project_smooth}
+    eta 0 (no noise to scale), --project-smooth with --no-project. (--project / --project-smooth act on both.)"""
+    sr_only = {'--ckpt': a.ckpt, '--eta': a.eta, '--temperature': a.temperature}
     sr_flags = [flag for flag, value in sr_only.items() if value is not None]
     if a.relay and sr_flags:
         raise UsageError(f'{sr_flags[0]} acts on super-resolution only, not on --relay')
@@ -331,7 +330,17 @@ def relay_kwargs(a, cfg2):
     s_block = a.s_block if a.s_block is not None else run_s_block
     if not 0 <= s_noise <= 1 or not s_block >= 0:
         raise UsageError(f'--s-noise must be in [0, 1] and --s-block non-negative, got {s_noise} and {s_block}')
-    return dict(truncation_sigma=truncation_sigma, s_block=s_block, s_noise=s_noise,
+    projection = relay_projection(cfg2)  # the run's; --project / --no-project / --project-smooth over it
+    project, smooth = getattr(a, 'project', None), getattr(a, 'project_smooth', None)
+    if project is not None:
+        projection['project'] = project
+    if smooth is not None:
+        if not smooth >= 0:
+            raise UsageError(f'--project-smooth must be >= 0, got {smooth}')
+        if project is False:
+            raise UsageError('--project-smooth sets the projection that --no-project turns off: give one of them')
+        projection.update(project=True, project_smooth=smooth)  # as for SR: a smoothness turns it on
+    return dict(truncation_sigma=truncation_sigma, s_block=s_block, s_noise=s_noise, **projection,
                 truncation_t=truncation_t, blur_sigma_max=cfg2['blur_sigma_max'], heun_noise=a.heun_noise)
 
 

@@ -78,6 +78,13 @@ def relay_noise(cfg):
     return cfg.get('s_noise', RDM_S_NOISE), cfg.get('block_noise', LOSS_DEFAULTS['block_noise'])
 
 
+def relay_projection(cfg):
+    """A stage-2 run's tile-mean consistency step at sampling (relay.relay_sampler's project / project_smooth):
+    its --project and --project-smooth; off for runs from before (or without) the flag."""
+    return dict(project=bool(cfg.get('project', False)),
+                project_smooth=cfg.get('project_smooth', LOSS_DEFAULTS['project_smooth']))
+
+
 def loss_config(task, **flags):
     """The settings compute_loss reads, for `task`: LOSS_DEFAULTS with `flags` (e.g. dream=True) over them."""
     return dict(LOSS_DEFAULTS, task=task, **flags)
@@ -217,7 +224,7 @@ def sample_and_score(model, cfg, batch, steps, sampler='ddpm', generator=None, d
                                       s_block=s_block, s_noise=s_noise,
                                       blur_sigma_max=cfg['blur_sigma_max'], truncation_t=cfg['prob_length'],
                                       truncation_sigma=relay.default_truncation_sigma(cfg['prob_length']),
-                                      generator=relay_generator).float()
+                                      generator=relay_generator, **relay_projection(cfg)).float()
         res = metrics.mean_metrics(metrics.compute_metrics(out.cpu(), hr.cpu()))
         # the baselines on the same tile means (DESIGN.md "Results files"): the relay's own input and bicubic
         for name, base in (('input', x_up), ('bicubic', bicubic)):

@@ -117,7 +117,8 @@ def make_parser():
     p.add_argument('--noise-cond', default=LOSS['noise_cond'], choices=['gamma', 'log_sigma'],
                    help="the network's noise level input: SR3's gamma, or ln(sigma)/4")
     p.add_argument('--project', action='store_true',
-                   help='sampling: project every x0 estimate onto the images whose bicubic downsample is the LR')
+                   help='sampling: project every x0 estimate onto the images whose bicubic downsample is the LR '
+                        '(relay stage 2: whose tile means are the input\'s)')
     p.add_argument('--project-smooth', type=float, default=LOSS['project_smooth'],
                    help='with --project: make the correction the smoothest consistent one (weight of its second '
                         'differences; 0 = the pseudo-inverse) instead of the smallest: less LR-grid texture')
