@@ -1,0 +1,353 @@
+"""Does DREAM hold up at the paper's task, 16 -> 128 (8x)? The driver behind docs/dream.md's 16 -> 128 section.
+
+    python experiments/dream_sr16_128.py train  --data data/faces_16_128 [--seeds 0 1 2] [--methods standard p1 p0]
+    python experiments/dream_sr16_128.py curves  --data data/faces_16_128 [--n 32]     # PSNR/SSIM vs iterations
+    python experiments/dream_sr16_128.py final   --data data/faces_16_128 [--n 100]    # the last checkpoint, 100 faces
+    python experiments/dream_sr16_128.py steps   --data data/faces_16_128 [--seeds 0] [--n 32] [--steps 2 5 10 ...]
+    python experiments/dream_sr16_128.py report                                          # tables (markdown) + plots
+
+`--data` is `data.py prepare ../shared/data/faces DIR --lr 16 --hr 128 --val 100`: train on faces 00100-02999,
+evaluate on 00000-00099. Every stage is resumable: a finished run is skipped, an unfinished one resumed, and a CSV row
+already written is not computed again. Runs go to --runs (default runs/dream128), results to results/dream/.
+
+Methods (the training recipe is configs/sr16_128_cpu.toml, turned into train.py flags; what differs is listed):
+  standard   the standard loss (SR3's L1 on the model's target)
+  p1         DREAM, lambda = sqrt(1 - alpha_bar)      (--dream, the paper's default)
+  p0         DREAM, lambda = 1 (full rectification)   (--dream --dream-p 0)
+  sr3        the paper's own formulation at the same budget: eps-prediction, no residual, no projection,
+             temperature 1, standard loss
+  sr3_dream  the same with DREAM p = 1
+Every row carries the training-free baselines on the same faces: bicubic and bicubic + the exact low-resolution
+projection (one step of back-projection, `baseline_psnr`).
+"""
+import argparse
+import csv
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import data  # noqa: E402
+import metrics  # noqa: E402
+from checkpoint import load_checkpoint  # noqa: E402
+from diffusion import LowResProjection  # noqa: E402
+from tasks import model_from_args, sample_and_score  # noqa: E402
+
+CONFIG = os.path.join(ROOT, 'configs', 'sr16_128_cpu.toml')
+SR3_FORM = dict(pred='eps', residual=False, project=False, project_smooth=0.0, temperature=1.0)
+METHODS = {
+    'standard': ('standard', dict(dream=False)),
+    'p1': ('DREAM p=1', dict(dream=True, dream_p=1.0)),
+    'p0': ('DREAM p=0', dict(dream=True, dream_p=0.0)),
+    'sr3': ('SR3 formulation, standard', dict(SR3_FORM, dream=False)),
+    'sr3_dream': ('SR3 formulation, DREAM p=1', dict(SR3_FORM, dream=True, dream_p=1.0)),
+}
+COLUMNS = ('task label method seed step train_s sampler steps temperature project n psnr psnr_std ssim '
+           'consistency bicubic_psnr bicubic_ssim baseline_psnr baseline_ssim').split()
+OUT = os.path.join(ROOT, 'results', 'dream')
+
+
+def run_dir(a, method, seed):
+    return os.path.join(a.runs, f'{method}_s{seed}')
+
+
+def recipe_flags(overrides):
+    """train.py's flags for the recipe file with `overrides` on top (True -> --flag, False -> left out)."""
+    import tomllib
+    with open(CONFIG, 'rb') as f:
+        cfg = tomllib.load(f)
+    cfg.update(overrides)
+    flags = []
+    for key, value in cfg.items():
+        name = '--' + key.replace('_', '-')
+        if value is True:
+            flags.append(name)
+        elif value is not False:
+            flags += [name, str(value)]
+    return flags
+
+
+def train(a):
+    """Each (method, seed) run of the recipe, one after another; resumable."""
+    for seed in a.seeds:
+        for method in a.methods:
+            out = run_dir(a, method, seed)
+            ckpt = os.path.join(out, 'ckpt.pt')
+            overrides = dict(METHODS[method][1], data=a.data, out=out, seed=seed, max_iters=a.iters)
+            cmd = [sys.executable, os.path.join(ROOT, 'train.py'), *recipe_flags(overrides)]
+            if os.path.exists(ckpt):
+                if load_checkpoint(ckpt)['step'] >= a.iters:
+                    print(f'{out}: done')
+                    continue
+                cmd.append('--resume')
+            print(' '.join(cmd), flush=True)
+            subprocess.run(cmd, check=True)
+
+
+def read_rows(path):
+    if not os.path.exists(path):
+        return []
+    with open(path, newline='') as f:
+        return list(csv.DictReader(f))
+
+
+def append_row(path, row):
+    new = not os.path.exists(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, 'a', newline='') as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        if new:
+            w.writeheader()
+        w.writerow({k: row.get(k, '') for k in COLUMNS})
+
+
+def heldout_batch(a, n):
+    pairs = data.SRPairs(os.path.join(a.data, 'val'), 16, 128)
+    items = [pairs[i] for i in range(min(n, len(pairs)))]
+    return {k: torch.stack([it[k] for it in items]) for k in ('hr', 'lr', 'sr')}
+
+
+def baselines(batch):
+    """PSNR / SSIM of bicubic and of bicubic + the exact LR projection on the same faces."""
+    bic = batch['sr']
+    proj = LowResProjection(batch['lr'], bic.shape[-2:])(bic).clamp(-1, 1)
+    res = {}
+    for name, x in (('bicubic', bic), ('baseline', proj)):
+        m = metrics.mean_metrics(metrics.compute_metrics(x, batch['hr'], batch['lr']))
+        res[f'{name}_psnr'], res[f'{name}_ssim'] = m['psnr'], m['ssim']
+    return res
+
+
+def score(ckpt_path, batch, steps, sampler, temperature, seed, chunk=16):
+    """Sample the EMA model of a checkpoint on the held-out faces (in chunks) -> mean metrics (+ per-image PSNR std)."""
+    ck = load_checkpoint(ckpt_path)
+    cfg = dict(ck['args'])
+    if temperature is not None:
+        cfg['temperature'] = temperature
+    model = model_from_args(cfg)
+    model.load_state_dict(ck['ema'])
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    per_image = []
+    n = len(batch['hr'])
+    for i in range(0, n, chunk):
+        part = {k: v[i:i + chunk] for k, v in batch.items()}
+        with torch.inference_mode():
+            res, _, _ = sample_and_score(model, cfg, part, steps, sampler=sampler, generator=gen)
+        per_image.append((len(part['hr']), res))
+    total = sum(k for k, _ in per_image)
+    out = {key: sum(k * r[key] for k, r in per_image) / total for key in ('psnr', 'ssim', 'consistency')}
+    out['psnr_std'] = statistics.pstdev([r['psnr'] for _, r in per_image]) if len(per_image) > 1 else 0.0
+    out.update(step=ck['step'], train_s=round(ck.get('train_s', 0.0), 1), temperature=cfg.get('temperature', 1.0),
+               project=int(bool(cfg.get('project'))))
+    return out
+
+
+def evaluate(a, csv_path, points, n, seed_of_sampling=1234):
+    """points: (method, seed, ckpt, sampler, steps, temperature or None); rows already in csv_path are skipped."""
+    batch = heldout_batch(a, n)
+    base = baselines(batch)
+    done = {(r['method'], r['seed'], r['step'], r['sampler'], r['steps'], r['temperature'], r['n'])
+            for r in read_rows(csv_path)}
+    for method, seed, ckpt, sampler, steps, temperature in points:
+        if not os.path.exists(ckpt):
+            print(f'missing {ckpt}: skipped')
+            continue
+        step = load_checkpoint(ckpt)['step']
+        temp_key = temperature if temperature is not None else load_checkpoint(ckpt)['args'].get('temperature', 1.0)
+        key = (method, str(seed), str(step), sampler, str(steps), str(float(temp_key)), str(n))
+        if key in done:
+            continue
+        res = score(ckpt, batch, steps, sampler, temperature, seed_of_sampling)
+        row = dict(task='sr16_128', label=METHODS[method][0], method=method, seed=seed, sampler=sampler,
+                   steps=steps, n=n, **res, **base)
+        row['temperature'] = float(row['temperature'])
+        append_row(csv_path, row)
+        print(f"{method} s{seed} step {step} {sampler} {steps} T={row['temperature']}: "
+              f"{res['psnr']:.2f} dB / {res['ssim']:.3f} (bicubic {base['bicubic_psnr']:.2f}, "
+              f"back-projection {base['baseline_psnr']:.2f})", flush=True)
+
+
+def snapshots(out):
+    files = sorted(f for f in os.listdir(out) if f.startswith('ckpt_') and f.endswith('.pt')) if os.path.isdir(out) else []
+    return [os.path.join(out, f) for f in files] + [os.path.join(out, 'ckpt.pt')]
+
+
+def curves(a):
+    points = [(m, s, c, 'ddpm', a.eval_steps, None) for m in a.methods for s in a.seeds for c in snapshots(run_dir(a, m, s))]
+    evaluate(a, os.path.join(OUT, 'sr16_128_curves.csv'), points, a.n)
+
+
+def final(a):
+    points = [(m, s, os.path.join(run_dir(a, m, s), 'ckpt.pt'), 'ddpm', a.eval_steps, None)
+              for m in a.methods for s in a.seeds]
+    evaluate(a, os.path.join(OUT, 'sr16_128_final.csv'), points, a.n)
+
+
+def steps(a):
+    points = []
+    for m in a.methods:
+        for s in a.seeds:
+            ckpt = os.path.join(run_dir(a, m, s), 'ckpt.pt')
+            for k in a.steps:
+                points.append((m, s, ckpt, 'ddpm', k, 1.0))       # DDPM as the paper runs it (temperature 1)
+                points.append((m, s, ckpt, 'ddpm', k, None))      # the recipe's sampler (its own temperature)
+    evaluate(a, os.path.join(OUT, 'sr16_128_steps.csv'), points, a.n)
+
+
+# ----------------------------------------------------------------------------- report
+def spread(values):
+    """'mean ± std (min-max)' of a list (std: sample standard deviation; one value: just the value)."""
+    if len(values) == 1:
+        return f'{values[0]:.2f} (1 seed)'
+    return f'{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} ({min(values):.2f}-{max(values):.2f})'
+
+
+def group(rows, *keys):
+    out = {}
+    for r in rows:
+        out.setdefault(tuple(r[k] for k in keys), []).append(r)
+    return out
+
+
+def report(a):
+    lines = []
+    final_rows = read_rows(os.path.join(OUT, 'sr16_128_final.csv'))
+    if final_rows:
+        r0 = final_rows[0]
+        lines += [f"Final checkpoints, {r0['n']} held-out faces, DDPM {r0['steps']} steps, each run's own sampler "
+                  f"(bicubic {float(r0['bicubic_psnr']):.2f} dB / {float(r0['bicubic_ssim']):.3f}; "
+                  f"back-projection {float(r0['baseline_psnr']):.2f} dB / {float(r0['baseline_ssim']):.3f}):", '',
+                  '| method | seeds | step | PSNR | SSIM | minus standard, paired by seed (PSNR) |', '|---|---|---|---|---|---|']
+        std_by_seed = {r['seed']: float(r['psnr']) for r in final_rows if r['method'] == 'standard'}
+        for (method,), rows in group(final_rows, 'method').items():
+            psnr = [float(r['psnr']) for r in rows]
+            ssim = [float(r['ssim']) for r in rows]
+            diffs = [float(r['psnr']) - std_by_seed[r['seed']] for r in rows if r['seed'] in std_by_seed]
+            paired = spread(diffs) if diffs and method != 'standard' else ''
+            lines.append(f"| {rows[0]['label']} | {len(rows)} | {rows[0]['step']} | {spread(psnr)} | "
+                         f"{spread(ssim).replace('.00', '')} | {paired} |")
+        lines.append('')
+    curve_rows = read_rows(os.path.join(OUT, 'sr16_128_curves.csv'))
+    if curve_rows:
+        lines += reach_table(curve_rows)
+        plot_curves(curve_rows)
+    step_rows = read_rows(os.path.join(OUT, 'sr16_128_steps.csv'))
+    if step_rows:
+        lines += steps_table(step_rows)
+        plot_steps(step_rows)
+    text = '\n'.join(lines)
+    print(text)
+    with open(os.path.join(OUT, 'sr16_128_report.md'), 'w') as f:
+        f.write(text + '\n')
+
+
+def reach_table(rows):
+    """Mean PSNR per (method, step) over seeds, and the first step at which each method reaches the standard's
+    final mean."""
+    means = {}
+    for (method, step), rs in group(rows, 'method', 'step').items():
+        means.setdefault(method, {})[int(step)] = (statistics.mean(float(r['psnr']) for r in rs),
+                                                   statistics.mean(float(r['ssim']) for r in rs), len(rs),
+                                                   statistics.mean(float(r['train_s']) for r in rs))
+    steps_all = sorted({s for m in means.values() for s in m})
+    out = ['PSNR / SSIM against training iterations (mean over seeds; n seeds in brackets):', '',
+           '| method | ' + ' | '.join(str(s) for s in steps_all) + ' | iterations to reach the standard\'s final mean |',
+           '|---' * (len(steps_all) + 2) + '|']
+    target = None
+    if 'standard' in means:
+        target = means['standard'][max(means['standard'])][0]
+    for method, m in means.items():
+        cells = [f'{m[s][0]:.2f} / {m[s][1]:.3f} ({m[s][2]})' if s in m else '' for s in steps_all]
+        reach = next((str(s) for s in sorted(m) if target is not None and m[s][0] >= target), 'not reached')
+        out.append(f'| {METHODS[method][0]} | ' + ' | '.join(cells) + f' | {reach} |')
+    return out + ['']
+
+
+def steps_table(rows):
+    out = []
+    for (temp,), rs in group(rows, 'temperature').items():
+        by = group(rs, 'method', 'steps')
+        ks = sorted({int(r['steps']) for r in rs})
+        out += [f'PSNR against sampling steps, DDPM at temperature {temp} ({rs[0]["n"]} faces; seeds: mean of those '
+                f'run):', '', '| method | ' + ' | '.join(str(k) for k in ks) + ' |', '|---' * (len(ks) + 1) + '|']
+        for method in dict.fromkeys(r['method'] for r in rs):
+            cells = []
+            for k in ks:
+                vals = [float(r['psnr']) for r in by.get((method, str(k)), [])]
+                cells.append(f'{statistics.mean(vals):.2f}' if vals else '')
+            out.append(f'| {METHODS[method][0]} | ' + ' | '.join(cells) + ' |')
+        out.append('')
+    return out
+
+
+def plot_curves(rows):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for (method,), rs in group(rows, 'method').items():
+        by_step = group(rs, 'step')
+        xs = sorted(int(s) for (s,) in by_step)
+        for ax, key in zip(axes, ('psnr', 'ssim')):
+            vals = [[float(r[key]) for r in by_step[(str(s),)]] for s in xs]
+            mean = [statistics.mean(v) for v in vals]
+            err = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in vals]
+            ax.errorbar(xs, mean, yerr=err, label=METHODS[method][0], capsize=3, marker='o')
+    base = rows[0]
+    for ax, key in zip(axes, ('psnr', 'ssim')):
+        ax.axhline(float(base[f'bicubic_{key}']), color='gray', ls=':', label='bicubic')
+        ax.axhline(float(base[f'baseline_{key}']), color='black', ls='--', label='back-projection')
+        ax.set_xlabel('training iteration')
+        ax.set_ylabel(key.upper())
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"sr16_128, {base['n']} held-out faces, mean ± std over seeds")
+    fig.tight_layout()
+    fig.savefig(os.path.join(OUT, 'sr16_128_curves.png'), dpi=110)
+
+
+def plot_steps(rows):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (method, temp), rs in group(rows, 'method', 'temperature').items():
+        by = group(rs, 'steps')
+        ks = sorted(int(k) for (k,) in by)
+        ax.plot(ks, [statistics.mean(float(r['psnr']) for r in by[(str(k),)]) for k in ks], marker='o',
+                label=f'{METHODS[method][0]}, T={temp}')
+    ax.axhline(float(rows[0]['bicubic_psnr']), color='gray', ls=':', label='bicubic')
+    ax.axhline(float(rows[0]['baseline_psnr']), color='black', ls='--', label='back-projection')
+    ax.set_xscale('log')
+    ax.set_xlabel('DDPM sampling steps')
+    ax.set_ylabel('PSNR')
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(OUT, 'sr16_128_steps.png'), dpi=110)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('stage', choices=['train', 'curves', 'final', 'steps', 'report'])
+    p.add_argument('--data', default='data/faces_16_128')
+    p.add_argument('--runs', default='runs/dream128')
+    p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
+    p.add_argument('--methods', nargs='+', default=['standard', 'p1', 'p0'], choices=list(METHODS))
+    p.add_argument('--iters', type=int, default=2100)
+    p.add_argument('--n', type=int, default=None, help='held-out faces (default: curves/steps 32, final 100)')
+    p.add_argument('--eval-steps', type=int, default=50, help='DDPM steps of curves/final')
+    p.add_argument('--steps', type=int, nargs='+', default=[2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000])
+    a = p.parse_args(argv)
+    if a.n is None:
+        a.n = 100 if a.stage == 'final' else 32
+    {'train': train, 'curves': curves, 'final': final, 'steps': steps, 'report': report}[a.stage](a)
+
+
+if __name__ == '__main__':
+    main()
