@@ -180,8 +180,43 @@ def snapshots(out):
 
 
 def curves(a):
-    points = [(m, s, c, 'ddpm', a.eval_steps, None) for m in a.methods for s in a.seeds for c in snapshots(run_dir(a, m, s))]
-    evaluate(a, os.path.join(OUT, 'sr16_128_curves.csv'), points, a.n)
+    """PSNR / SSIM against iterations: every snapshot (ckpt_<step>.pt) scored here, or, for a run without snapshots,
+    train.py's own periodic evaluations from its log.jsonl (the recipe evaluates the first 32 held-out faces with the
+    same sampler; its sampling noise is the run's, not this driver's)."""
+    path = os.path.join(OUT, 'sr16_128_curves.csv')
+    points = []
+    for m in a.methods:
+        for s in a.seeds:
+            files = snapshots(run_dir(a, m, s))
+            if len(files) > 1:
+                points += [(m, s, c, 'ddpm', a.eval_steps, None) for c in files]
+            else:
+                curves_from_log(a, path, m, s)
+    evaluate(a, path, points, a.n)
+
+
+def curves_from_log(a, path, method, seed):
+    log = os.path.join(run_dir(a, method, seed), 'log.jsonl')
+    if not os.path.exists(log):
+        print(f'missing {log}: skipped')
+        return
+    ck = load_checkpoint(os.path.join(run_dir(a, method, seed), 'ckpt.pt'))
+    cfg = ck['args']
+    done = {(r['method'], r['seed'], r['step']) for r in read_rows(path)}
+    with open(log) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    train_s = {r['step']: r['train_s'] for r in rows if 'train_s' in r}
+    base = baselines(heldout_batch(a, cfg['eval_n']))
+    for r in rows:
+        if not r.get('eval') or (method, str(seed), str(r['step'])) in done:
+            continue
+        last = max((k for k in train_s if k <= r['step']), default=None)
+        append_row(path, dict(task='sr16_128', label=METHODS[method][0], method=method, seed=seed, step=r['step'],
+                              train_s=train_s.get(last, ''), sampler='ddpm', steps=r['eval_steps'],
+                              temperature=float(cfg.get('temperature', 1.0)), project=int(bool(cfg.get('project'))),
+                              n=cfg['eval_n'], psnr=r['psnr'], ssim=r['ssim'], consistency=r.get('consistency', ''),
+                              bicubic_psnr=r['bicubic_psnr'], bicubic_ssim=r['bicubic_ssim'],
+                              baseline_psnr=base['baseline_psnr'], baseline_ssim=base['baseline_ssim']))
 
 
 def final(a):

@@ -301,15 +301,15 @@ def test_sr_sampling_and_relay_noise_read_the_runs_flags_with_sr3_and_rdm_defaul
     assert tasks.relay_noise({'s_noise': 1.0, 'block_noise': 0.0}) == (1.0, 0.0)
 
 
-def test_model_from_args_rebuilds_old_and_new_runs():
-    """Old checkpoints (no norm_groups, no upsample): gcd(32, channels) GroupNorm groups and nearest upsampling;
-    new ones: what they name."""
-    old = tasks.model_from_args({'task': 'sr8_32', 'model': 'tiny'})
-    assert old.conv_out[0].num_groups == 16
-    assert {m.mode for m in old.modules() if isinstance(m, torch.nn.Upsample)} == {'nearest'}
+def test_model_from_args_builds_the_groups_and_upsampling_a_run_names():
+    """The network comes from the run's flags: its GroupNorm groups and decoder upsampling (a checkpoint without
+    them is from another version and refused by checkpoint.load_checkpoint, tests/test_checkpoint_version.py)."""
     new = tasks.model_from_args({'task': 'relay8', 'model': 'tiny', 'norm_groups': 8, 'upsample': 'bilinear'})
     assert new.conv_out[0].num_groups == 8
     assert {m.mode for m in new.modules() if isinstance(m, torch.nn.Upsample)} == {'bilinear'}
+    other = tasks.model_from_args({'task': 'sr8_32', 'model': 'tiny', 'norm_groups': 16, 'upsample': 'nearest'})
+    assert other.conv_out[0].num_groups == 16
+    assert {m.mode for m in other.modules() if isinstance(m, torch.nn.Upsample)} == {'nearest'}
 
 
 def test_relay_inputs_are_the_tile_means_nearest_and_bicubic_upsampled():
