@@ -164,6 +164,7 @@ def evaluate(a, csv_path, points, n, seed_of_sampling=1234):
         key = (method, str(seed), str(step), sampler, str(steps), str(float(temp_key)), str(n))
         if key in done:
             continue
+        done.add(key)  # ckpt.pt and the last snapshot are the same step: score it once
         res = score(ckpt, batch, steps, sampler, temperature, seed_of_sampling)
         row = dict(task='sr16_128', label=METHODS[method][0], method=method, seed=seed, sampler=sampler,
                    steps=steps, n=n, **res, **base)

@@ -72,3 +72,9 @@ def test_every_file_is_cited_by_the_readme_or_a_docs_page(folder):
     assert files, f'{folder}/ is empty'
     orphans = [f for f in files if f.replace(os.sep, '/') not in text]
     assert not orphans, f'files nothing cites (cite them on a docs page or delete them): {orphans}'
+
+
+@pytest.mark.parametrize('page', pages())
+def test_no_page_keeps_a_note_to_the_maintainers(page):
+    """The pages a reader sees hold results, not reminders: no '<!-- lead:' placeholder survives a merge."""
+    assert '<!-- lead:' not in read(page)
