@@ -181,16 +181,15 @@ def snapshots(out):
 
 
 def curves(a):
-    """PSNR / SSIM against iterations: every snapshot (ckpt_<step>.pt) scored here, or, for a run without snapshots,
-    train.py's own periodic evaluations from its log.jsonl (the recipe evaluates the first 32 held-out faces with the
-    same sampler; its sampling noise is the run's, not this driver's)."""
+    """PSNR / SSIM against iterations: train.py's own periodic evaluations from each run's log.jsonl (the recipe
+    evaluates the first 32 held-out faces, 50 DDPM steps, its own sampler and sampling noise); with --rescore, every
+    snapshot (ckpt_<step>.pt) scored here instead, with this driver's sampling noise."""
     path = os.path.join(OUT, 'sr16_128_curves.csv')
     points = []
     for m in a.methods:
         for s in a.seeds:
-            files = snapshots(run_dir(a, m, s))
-            if len(files) > 1:
-                points += [(m, s, c, 'ddpm', a.eval_steps, None) for c in files]
+            if a.rescore:
+                points += [(m, s, c, 'ddpm', a.eval_steps, None) for c in snapshots(run_dir(a, m, s))]
             else:
                 curves_from_log(a, path, m, s)
     evaluate(a, path, points, a.n)
@@ -378,6 +377,7 @@ def main(argv=None):
     p.add_argument('--iters', type=int, default=2100)
     p.add_argument('--n', type=int, default=None, help='held-out faces (default: curves/steps 32, final 100)')
     p.add_argument('--eval-steps', type=int, default=50, help='DDPM steps of curves/final')
+    p.add_argument('--rescore', action='store_true', help='curves: score the snapshots here, not the logged evaluations')
     p.add_argument('--steps', type=int, nargs='+', default=[2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000])
     a = p.parse_args(argv)
     if a.n is None:
