@@ -31,20 +31,7 @@ SR = FAST + ['--task', 'sr4_16']
 ENV = dict(os.environ, OMP_NUM_THREADS='1', MPLBACKEND='Agg')
 
 
-def smooth(seed, h, w):
-    g = np.random.default_rng(seed)
-    return Image.fromarray(g.integers(0, 256, (4, 4, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC)
-
-
-@pytest.fixture(scope='module')
-def pairs(tmp_path_factory):
-    """sr4_16 layout: train/ (8 pairs) and val/ (2 pairs)."""
-    root = tmp_path_factory.mktemp('pairs')
-    os.makedirs(root / 'src')
-    for i in range(10):
-        smooth(i, 16, 16).save(root / 'src' / f'{i:02d}.png')
-    data.prepare(str(root / 'src'), str(root / 'pairs'), 4, 16, val=2, progress=False)
-    return str(root / 'pairs')
+from test_reliability import pairs, smooth  # noqa: E402,F401  the same tiny sr4_16 data set
 
 
 @pytest.fixture(autouse=True)
