@@ -1,6 +1,7 @@
 """Does DREAM hold up at the paper's task, 16 -> 128 (8x)? The driver behind docs/dream.md's 16 -> 128 section.
 
     python experiments/dream_sr16_128.py train  --data data/faces_16_128 [--seeds 0 1 2] [--methods standard p1 p0]
+    python experiments/dream_sr16_128.py cost                                            # s/it of each loss, alone
     python experiments/dream_sr16_128.py curves  --data data/faces_16_128 [--n 32]     # PSNR/SSIM vs iterations
     python experiments/dream_sr16_128.py final   --data data/faces_16_128 [--n 100]    # the last checkpoint, 100 faces
     python experiments/dream_sr16_128.py steps   --data data/faces_16_128 [--seeds 0] [--n 32] [--steps 2 5 10 ...]
@@ -251,28 +252,47 @@ def group(rows, *keys):
     return out
 
 
+def cost(a):
+    """The cost of an iteration of each loss, timed alone by bench.py (tiny, 128x128, batch 4): the wall-clock axis."""
+    cmd = [sys.executable, os.path.join(ROOT, 'bench.py'), '--model', 'tiny', '--res', '128', '--batch-size', '4',
+           '--iters', '20', '--budget', '60', '--no-probe', '--json']
+    print(' '.join(cmd), flush=True)
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    with open(os.path.join(OUT, 'sr16_128_cost_bench.txt'), 'w') as f:
+        f.write(out)
+    b = json.loads(out.strip().splitlines()[-1])
+    res = dict(standard_step_s=b['step_s'], dream_step_s=b['dream_step_s'], dream_overhead=b['dream_overhead'],
+               device=b['device_name'], dtype=b['dtype'], command=' '.join(['python', 'bench.py'] + cmd[2:]))
+    with open(os.path.join(OUT, 'sr16_128_cost.json'), 'w') as f:
+        json.dump(res, f, indent=1)
+    print(res)
+
+
+def read_cost():
+    path = os.path.join(OUT, 'sr16_128_cost.json')
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def step_s(method, cost):
+    """Seconds per training iteration, timed alone: DREAM's extra forward is the only difference in cost (eps or v,
+    residual or not, cost the same)."""
+    return cost['dream_step_s'] if METHODS[method][1].get('dream') else cost['standard_step_s']
+
+
 def report(a):
+    cost = read_cost()
     lines = []
     final_rows = read_rows(os.path.join(OUT, 'sr16_128_final.csv'))
     if final_rows:
-        r0 = final_rows[0]
-        lines += [f"Final checkpoints, {r0['n']} held-out faces, DDPM {r0['steps']} steps, each run's own sampler "
-                  f"(bicubic {float(r0['bicubic_psnr']):.2f} dB / {float(r0['bicubic_ssim']):.3f}; "
-                  f"back-projection {float(r0['baseline_psnr']):.2f} dB / {float(r0['baseline_ssim']):.3f}):", '',
-                  '| method | seeds | step | PSNR | SSIM | minus standard, paired by seed (PSNR) |', '|---|---|---|---|---|---|']
-        std_by_seed = {r['seed']: float(r['psnr']) for r in final_rows if r['method'] == 'standard'}
-        for (method,), rows in group(final_rows, 'method').items():
-            psnr = [float(r['psnr']) for r in rows]
-            ssim = [float(r['ssim']) for r in rows]
-            diffs = [float(r['psnr']) - std_by_seed[r['seed']] for r in rows if r['seed'] in std_by_seed]
-            paired = spread(diffs) if diffs and method != 'standard' else ''
-            lines.append(f"| {rows[0]['label']} | {len(rows)} | {rows[0]['step']} | {spread(psnr)} | "
-                         f"{spread(ssim).replace('.00', '')} | {paired} |")
-        lines.append('')
+        lines += final_table(final_rows)
     curve_rows = read_rows(os.path.join(OUT, 'sr16_128_curves.csv'))
     if curve_rows:
-        lines += reach_table(curve_rows)
-        plot_curves(curve_rows)
+        lines += reach_table(curve_rows, cost)
+        lines += paired_table(curve_rows)
+        plot_curves(curve_rows, cost)
     step_rows = read_rows(os.path.join(OUT, 'sr16_128_steps.csv'))
     if step_rows:
         lines += steps_table(step_rows)
@@ -283,68 +303,130 @@ def report(a):
         f.write(text + '\n')
 
 
-def reach_table(rows):
-    """Mean PSNR per (method, step) over seeds, and the first step at which each method reaches the standard's
-    final mean."""
-    means = {}
+def final_table(rows):
+    """The last checkpoints: mean ± std (min-max) over seeds, DREAM minus standard paired by seed, and on how many
+    seeds each method beats the two training-free baselines."""
+    r0 = rows[0]
+    bic, base = float(r0['bicubic_psnr']), float(r0['baseline_psnr'])
+    out = [f"Final checkpoints, {r0['n']} held-out faces, DDPM {r0['steps']} steps, each run's own sampler:", '',
+           '| method | seeds | step | PSNR (dB) | SSIM | minus standard, paired by seed (PSNR) | above bicubic / '
+           'back-projection |', '|---|---|---|---|---|---|---|']
+    std_by_seed = {r['seed']: float(r['psnr']) for r in rows if r['method'] == 'standard'}
+    for (method,), rs in group(rows, 'method').items():
+        psnr = [float(r['psnr']) for r in rs]
+        ssim = [float(r['ssim']) for r in rs]
+        diffs = [float(r['psnr']) - std_by_seed[r['seed']] for r in rs if r['seed'] in std_by_seed]
+        paired = spread(diffs) if diffs and method != 'standard' else '–'
+        wins = f"{sum(v > bic for v in psnr)} / {sum(v > base for v in psnr)} of {len(psnr)}"
+        out.append(f"| {rs[0]['label']} | {len(rs)} | {rs[0]['step']} | {spread(psnr)} | {spread3(ssim)} | {paired} | "
+                   f"{wins} |")
+    out += [f"| *bicubic* | | | *{bic:.2f}* | *{float(r0['bicubic_ssim']):.3f}* | | |",
+            f"| *back-projection (bicubic + exact LR projection)* | | | *{base:.2f}* | "
+            f"*{float(r0['baseline_ssim']):.3f}* | | |", '']
+    return out
+
+
+def spread3(values):
+    """spread() with three decimals (SSIM)."""
+    if len(values) == 1:
+        return f'{values[0]:.3f} (1 seed)'
+    return f'{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} ({min(values):.3f}-{max(values):.3f})'
+
+
+def reach_table(rows, cost=None):
+    """PSNR per (method, step): mean ± std over seeds (n seeds); the first step at which the mean reaches the standard's
+    final mean, and that step in seconds of training timed alone (cost: read_cost())."""
+    by = {}
     for (method, step), rs in group(rows, 'method', 'step').items():
-        means.setdefault(method, {})[int(step)] = (statistics.mean(float(r['psnr']) for r in rs),
-                                                   statistics.mean(float(r['ssim']) for r in rs), len(rs),
-                                                   statistics.mean(float(r['train_s']) for r in rs))
-    steps_all = sorted({s for m in means.values() for s in m})
-    out = ['PSNR / SSIM against training iterations (mean over seeds; n seeds in brackets):', '',
-           '| method | ' + ' | '.join(str(s) for s in steps_all) + ' | iterations to reach the standard\'s final mean |',
-           '|---' * (len(steps_all) + 2) + '|']
-    target = None
-    if 'standard' in means:
-        target = means['standard'][max(means['standard'])][0]
-    for method, m in means.items():
-        cells = [f'{m[s][0]:.2f} / {m[s][1]:.3f} ({m[s][2]})' if s in m else '' for s in steps_all]
-        reach = next((str(s) for s in sorted(m) if target is not None and m[s][0] >= target), 'not reached')
-        out.append(f'| {METHODS[method][0]} | ' + ' | '.join(cells) + f' | {reach} |')
+        by.setdefault(method, {})[int(step)] = [float(r['psnr']) for r in rs]
+    steps_all = sorted({s for m in by.values() for s in m})
+    target = statistics.mean(by['standard'][max(by['standard'])]) if 'standard' in by else None
+    title = 'PSNR (dB) against training iterations, mean ± std over seeds (n seeds)'
+    if target is not None:
+        title += f"; the standard's final mean is {target:.2f}"
+    out = [title + ':', '',
+           '| method | ' + ' | '.join(str(s) for s in steps_all) + " | iterations to the standard's final mean | "
+           'seconds alone |', '|---' * (len(steps_all) + 3) + '|']
+    for method, m in by.items():
+        cells = [(f'{statistics.mean(m[s]):.2f} ± {statistics.stdev(m[s]):.2f} ({len(m[s])})' if len(m[s]) > 1 else
+                  f'{m[s][0]:.2f} (1)') if s in m else '' for s in steps_all]
+        reach = next((s for s in sorted(m) if target is not None and statistics.mean(m[s]) >= target), None)
+        secs = f'{reach * step_s(method, cost):.0f}' if reach is not None and cost else '–'
+        out.append(f'| {METHODS[method][0]} | ' + ' | '.join(cells) + f" | {reach if reach else 'not reached'} | "
+                   f'{secs} |')
+    return out + ['']
+
+
+def paired_table(rows):
+    """Each method minus the standard loss at the same step, paired by seed: mean ± std (min-max)."""
+    std = {(r['seed'], r['step']): float(r['psnr']) for r in rows if r['method'] == 'standard'}
+    steps_all = sorted({int(r['step']) for r in rows})
+    out = ['PSNR minus the standard loss at the same iteration, paired by seed (dB):', '',
+           '| method | ' + ' | '.join(str(s) for s in steps_all) + ' |', '|---' * (len(steps_all) + 1) + '|']
+    for (method,), rs in group(rows, 'method').items():
+        if method == 'standard':
+            continue
+        cells = []
+        for s in steps_all:
+            d = [float(r['psnr']) - std[(r['seed'], r['step'])] for r in rs
+                 if int(r['step']) == s and (r['seed'], r['step']) in std]
+            cells.append(spread(d).replace(' (1 seed)', ' (1)') if d else '')
+        out.append(f'| {METHODS[method][0]} | ' + ' | '.join(cells) + ' |')
     return out + ['']
 
 
 def steps_table(rows):
+    """PSNR against sampling steps per sampler temperature, and the fewest steps at which each method reaches the
+    standard's best over all step counts of that temperature."""
     out = []
     for (temp,), rs in group(rows, 'temperature').items():
         by = group(rs, 'method', 'steps')
         ks = sorted({int(r['steps']) for r in rs})
-        out += [f'PSNR against sampling steps, DDPM at temperature {temp} ({rs[0]["n"]} faces; seeds: mean of those '
-                f'run):', '', '| method | ' + ' | '.join(str(k) for k in ks) + ' |', '|---' * (len(ks) + 1) + '|']
+        mean = {key: statistics.mean(float(r['psnr']) for r in v) for key, v in by.items()}
+        best = max((v for (m, _), v in mean.items() if m == 'standard'), default=None)
+        seeds = sorted({r['seed'] for r in rs})
+        out += [f'PSNR (dB) against sampling steps, DDPM at temperature {temp} ({rs[0]["n"]} faces, seed(s) '
+                f'{", ".join(seeds)}, mean over them)' + (f"; the standard's best is {best:.2f}" if best else '') + ':',
+                '', '| method | ' + ' | '.join(str(k) for k in ks) + " | fewest steps to the standard's best |",
+                '|---' * (len(ks) + 2) + '|']
         for method in dict.fromkeys(r['method'] for r in rs):
-            cells = []
-            for k in ks:
-                vals = [float(r['psnr']) for r in by.get((method, str(k)), [])]
-                cells.append(f'{statistics.mean(vals):.2f}' if vals else '')
-            out.append(f'| {METHODS[method][0]} | ' + ' | '.join(cells) + ' |')
+            cells = [f'{mean[(method, str(k))]:.2f}' if (method, str(k)) in mean else '' for k in ks]
+            reach = next((k for k in ks if (method, str(k)) in mean and best is not None
+                          and mean[(method, str(k))] >= best), None)
+            out.append(f'| {METHODS[method][0]} | ' + ' | '.join(cells) + f" | {reach if reach else 'not reached'} |")
         out.append('')
     return out
 
 
-def plot_curves(rows):
+def plot_curves(rows, cost=None):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    ncol = 2 if cost else 1
+    fig, axes = plt.subplots(2, ncol, figsize=(5 * ncol, 7), squeeze=False)
     for (method,), rs in group(rows, 'method').items():
         by_step = group(rs, 'step')
         xs = sorted(int(s) for (s,) in by_step)
-        for ax, key in zip(axes, ('psnr', 'ssim')):
+        for i, key in enumerate(('psnr', 'ssim')):
             vals = [[float(r[key]) for r in by_step[(str(s),)]] for s in xs]
             mean = [statistics.mean(v) for v in vals]
             err = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in vals]
-            ax.errorbar(xs, mean, yerr=err, label=METHODS[method][0], capsize=3, marker='o')
+            axes[i][0].errorbar(xs, mean, yerr=err, label=METHODS[method][0], capsize=3, marker='o')
+            if cost:
+                axes[i][1].errorbar([x * step_s(method, cost) / 60 for x in xs], mean, yerr=err,
+                                    label=METHODS[method][0], capsize=3, marker='o')
     base = rows[0]
-    for ax, key in zip(axes, ('psnr', 'ssim')):
-        ax.axhline(float(base[f'bicubic_{key}']), color='gray', ls=':', label='bicubic')
-        ax.axhline(float(base[f'baseline_{key}']), color='black', ls='--', label='back-projection')
-        ax.set_xlabel('training iteration')
-        ax.set_ylabel(key.upper())
-    axes[0].legend(fontsize=8)
+    for i, key in enumerate(('psnr', 'ssim')):
+        for j in range(ncol):
+            ax = axes[i][j]
+            ax.axhline(float(base[f'bicubic_{key}']), color='gray', ls=':', label='bicubic')
+            ax.axhline(float(base[f'baseline_{key}']), color='black', ls='--', label='back-projection')
+            ax.set_xlabel('training iteration' if j == 0 else 'minutes of training, timed alone')
+            ax.set_ylabel(key.upper())
+    axes[0][0].legend(fontsize=7)
     fig.suptitle(f"sr16_128, {base['n']} held-out faces, mean ± std over seeds")
     fig.tight_layout()
-    fig.savefig(os.path.join(OUT, 'sr16_128_curves.png'), dpi=110)
+    fig.savefig(os.path.join(OUT, 'sr16_128_curves.png'), dpi=100)
 
 
 def plot_steps(rows):
@@ -369,7 +451,7 @@ def plot_steps(rows):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('stage', choices=['train', 'curves', 'final', 'steps', 'report'])
+    p.add_argument('stage', choices=['train', 'cost', 'curves', 'final', 'steps', 'report'])
     p.add_argument('--data', default='data/faces_16_128')
     p.add_argument('--runs', default='runs/dream128')
     p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
@@ -382,7 +464,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.n is None:
         a.n = 100 if a.stage == 'final' else 32
-    {'train': train, 'curves': curves, 'final': final, 'steps': steps, 'report': report}[a.stage](a)
+    {'train': train, 'cost': cost, 'curves': curves, 'final': final, 'steps': steps, 'report': report}[a.stage](a)
 
 
 if __name__ == '__main__':

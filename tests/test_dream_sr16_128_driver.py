@@ -19,12 +19,50 @@ def test_reach_table_finds_the_first_step_at_the_standards_final_mean():
         for step, psnr in zip((700, 1400, 2100), psnrs):
             for seed, shift in ((0, -0.5), (1, 0.5)):  # two seeds: the mean is the value above
                 rows.append(dict(method=method, step=str(step), psnr=str(psnr + shift), ssim='0.5', train_s='1'))
-    table = driver.reach_table(rows)
+    cost = dict(standard_step_s=0.5, dream_step_s=0.75)
+    table = driver.reach_table(rows, cost)
     p1 = next(line for line in table if line.startswith('| DREAM p=1'))
     standard = next(line for line in table if line.startswith('| standard'))
-    assert p1.endswith('| 1400 |')        # 23.1 >= the standard's final mean 23.0, first at 1400
-    assert standard.endswith('| 2100 |')
-    assert '22.00 / 0.500 (2)' in standard  # the mean over the two seeds, and their count
+    assert p1.endswith('| 1400 | 1050 |')   # 23.1 >= the standard's final mean 23.0, first at 1400: 1400 x 0.75 s
+    assert standard.endswith('| 2100 | 1050 |')  # 2100 x 0.5 s
+    # seeds at 22 - 0.5 and 22 + 0.5: mean 22, sample std sqrt(0.5) = 0.71, 2 seeds
+    assert '| 22.00 ± 0.71 (2) |' in standard
+    assert driver.reach_table(rows)[-2].endswith('| 1400 | – |')  # no cost file: no seconds
+
+
+def test_paired_table_subtracts_the_standard_of_the_same_seed_and_step():
+    rows = [dict(method='standard', seed='0', step='700', psnr='22.0'),
+            dict(method='standard', seed='1', step='700', psnr='21.0'),
+            dict(method='p1', seed='0', step='700', psnr='22.5'),   # +0.5 over seed 0's standard
+            dict(method='p1', seed='1', step='700', psnr='22.5')]   # +1.5 over seed 1's standard
+    line = next(x for x in driver.paired_table(rows) if x.startswith('| DREAM p=1'))
+    # mean 1.0, sample std sqrt((0.25 + 0.25) / 1) = 0.71, range 0.5-1.5 (an unpaired difference would be 1.0 +- 0)
+    assert line == '| DREAM p=1 | 1.00 ± 0.71 (0.50-1.50) |'
+
+
+def test_final_table_counts_the_seeds_above_each_baseline():
+    base = dict(n='100', steps='50', bicubic_psnr='21.8', bicubic_ssim='0.58', baseline_psnr='22.4',
+                baseline_ssim='0.60', step='2100')
+    rows = [dict(base, method='standard', label='standard', seed=str(s), psnr=str(p), ssim='0.6')
+            for s, p in enumerate((22.0, 22.5, 22.3))]
+    rows += [dict(base, method='p1', label='DREAM p=1', seed=str(s), psnr=str(p), ssim='0.6')
+             for s, p in enumerate((22.6, 22.7, 22.1))]
+    table = driver.final_table(rows)
+    standard = next(x for x in table if x.startswith('| standard'))
+    p1 = next(x for x in table if x.startswith('| DREAM p=1'))
+    assert standard.endswith('| 3 / 1 of 3 |')     # all above 21.8; only 22.5 above 22.4
+    assert p1.endswith('| 3 / 2 of 3 |')
+    assert '| 0.20 ± 0.40 (-0.20-0.60) |' in p1   # paired: +0.6, +0.2, -0.2
+
+
+def test_steps_table_finds_the_fewest_steps_reaching_the_standards_best():
+    rows = []
+    for method, curve in (('standard', (20.0, 22.0, 21.5)), ('p1', (21.0, 22.1, 22.0))):
+        for k, psnr in zip((2, 10, 50), curve):
+            rows.append(dict(method=method, seed='0', steps=str(k), temperature='1.0', n='32', psnr=str(psnr)))
+    table = driver.steps_table(rows)
+    assert next(x for x in table if x.startswith('| standard')).endswith('| 10 |')   # its best, 22.0 at 10
+    assert next(x for x in table if x.startswith('| DREAM p=1')).endswith('| 10 |')  # 22.1 >= 22.0 at 10
 
 
 def test_recipe_flags_turn_the_config_and_overrides_into_train_flags():
