@@ -4,6 +4,7 @@
     python experiments/dream_sr16_128.py cost                                            # s/it of each loss, alone
     python experiments/dream_sr16_128.py curves  --data data/faces_16_128 [--n 32]     # PSNR/SSIM vs iterations
     python experiments/dream_sr16_128.py final   --data data/faces_16_128 [--n 100]    # the last checkpoint, 100 faces
+    python experiments/dream_sr16_128.py temperature --data data/faces_16_128 [--seeds 0] [--temperatures 0 0.3 ...]
     python experiments/dream_sr16_128.py steps   --data data/faces_16_128 [--seeds 0] [--n 32] [--steps 2 5 10 ...]
     python experiments/dream_sr16_128.py report                                          # tables (markdown) + plots
 
@@ -226,6 +227,13 @@ def final(a):
     evaluate(a, os.path.join(OUT, 'sr16_128_final.csv'), points, a.n)
 
 
+def temperature(a):
+    """The recipe's sampler at other temperatures (a sampling option: no retraining), last checkpoints."""
+    points = [(m, s, os.path.join(run_dir(a, m, s), 'ckpt.pt'), 'ddpm', a.eval_steps, t)
+              for m in a.methods for s in a.seeds for t in a.temperatures]
+    evaluate(a, os.path.join(OUT, 'sr16_128_temperature.csv'), points, a.n)
+
+
 def steps(a):
     points = []
     for m in a.methods:
@@ -293,6 +301,9 @@ def report(a):
         lines += reach_table(curve_rows, cost)
         lines += paired_table(curve_rows)
         plot_curves(curve_rows, cost)
+    temp_rows = read_rows(os.path.join(OUT, 'sr16_128_temperature.csv'))
+    if temp_rows:
+        lines += temperature_table(temp_rows)
     step_rows = read_rows(os.path.join(OUT, 'sr16_128_steps.csv'))
     if step_rows:
         lines += steps_table(step_rows)
@@ -375,6 +386,24 @@ def paired_table(rows):
     return out + ['']
 
 
+def temperature_table(rows):
+    """PSNR / SSIM of the last checkpoints against the sampling temperature: mean ± std over seeds."""
+    temps = sorted({float(r['temperature']) for r in rows})
+    r0 = rows[0]
+    out = [f"PSNR (dB) / SSIM against the sampling temperature (DDPM {r0['steps']} steps, {r0['n']} faces, mean ± std "
+           f"over seeds; bicubic {float(r0['bicubic_psnr']):.2f}, back-projection {float(r0['baseline_psnr']):.2f}):", '',
+           '| method | seeds | ' + ' | '.join(f'T = {t:g}' for t in temps) + ' |', '|---' * (len(temps) + 2) + '|']
+    for (method,), rs in group(rows, 'method').items():
+        cells = []
+        for t in temps:
+            sel = [r for r in rs if float(r['temperature']) == t]
+            psnr = [float(r['psnr']) for r in sel]
+            ssim = [float(r['ssim']) for r in sel]
+            cells.append(f'{spread(psnr)} / {statistics.mean(ssim):.3f}' if sel else '')
+        out.append(f"| {METHODS[method][0]} | {len({r['seed'] for r in rs})} | " + ' | '.join(cells) + ' |')
+    return out + ['']
+
+
 def steps_table(rows):
     """PSNR against sampling steps per sampler temperature, and the fewest steps at which each method reaches the
     standard's best over all step counts of that temperature."""
@@ -451,7 +480,7 @@ def plot_steps(rows):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('stage', choices=['train', 'cost', 'curves', 'final', 'steps', 'report'])
+    p.add_argument('stage', choices=['train', 'cost', 'curves', 'final', 'temperature', 'steps', 'report'])
     p.add_argument('--data', default='data/faces_16_128')
     p.add_argument('--runs', default='runs/dream128')
     p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
@@ -460,11 +489,15 @@ def main(argv=None):
     p.add_argument('--n', type=int, default=None, help='held-out faces (default: curves/steps 32, final 100)')
     p.add_argument('--eval-steps', type=int, default=50, help='DDPM steps of curves/final')
     p.add_argument('--rescore', action='store_true', help='curves: score the snapshots here, not the logged evaluations')
+    p.add_argument('--temperatures', type=float, nargs='+', default=[0.0, 0.3, 0.6, 1.0],
+                   help='temperature stage: the sampling temperatures')
     p.add_argument('--steps', type=int, nargs='+', default=[2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000])
     a = p.parse_args(argv)
     if a.n is None:
         a.n = 100 if a.stage == 'final' else 32
-    {'train': train, 'cost': cost, 'curves': curves, 'final': final, 'steps': steps, 'report': report}[a.stage](a)
+    stages = dict(train=train, cost=cost, curves=curves, final=final, temperature=temperature, steps=steps,
+                  report=report)
+    stages[a.stage](a)
 
 
 if __name__ == '__main__':

@@ -71,3 +71,12 @@ def test_recipe_flags_turn_the_config_and_overrides_into_train_flags():
     assert flags[flags.index('--pred') + 1] == 'eps'
     assert flags[flags.index('--seed') + 1] == '2'
     assert flags[flags.index('--task') + 1] == 'sr16_128'
+
+
+def test_temperature_table_gives_each_temperature_its_mean_over_seeds():
+    base = dict(steps='50', n='32', bicubic_psnr='21.6', baseline_psnr='22.2')
+    rows = [dict(base, method='p1', seed=str(s % 2), temperature=t, psnr=str(p), ssim='0.6')
+            for s, (t, p) in enumerate((('0.0', 22.0), ('0.0', 23.0), ('0.6', 21.0), ('0.6', 21.0)))]
+    line = next(x for x in driver.temperature_table(rows) if x.startswith('| DREAM p=1'))
+    # T = 0: 22 and 23 -> mean 22.50, sample std 0.71; T = 0.6: 21 and 21 -> 21.00 ± 0.00
+    assert line == ('| DREAM p=1 | 2 | 22.50 ± 0.71 (22.00-23.00) / 0.600 | 21.00 ± 0.00 (21.00-21.00) / 0.600 |')
