@@ -27,6 +27,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -39,6 +40,7 @@ import data  # noqa: E402
 import metrics  # noqa: E402
 from checkpoint import load_checkpoint  # noqa: E402
 from diffusion import LowResProjection  # noqa: E402
+from runtime import pick_dtype  # noqa: E402
 from tasks import model_from_args, sample_and_score  # noqa: E402
 
 CONFIG = os.path.join(ROOT, 'configs', 'sr16_128_cpu.toml')
@@ -55,8 +57,12 @@ COLUMNS = ('task label method seed step train_s sampler steps temperature projec
 OUT = os.path.join(ROOT, 'results', 'dream')
 
 
-def run_dir(a, method, seed):
-    return os.path.join(a.runs, f'{method}_s{seed}')
+BASE_ITERS = 2100  # the recipe's length; a longer --iters continues the recipe's run of that seed in a copy
+
+
+def run_dir(a, method, seed, iters=None):
+    iters = a.iters if iters is None else iters
+    return os.path.join(a.runs, f'{method}_s{seed}' + ('' if iters == BASE_ITERS else f'_it{iters}'))
 
 
 def recipe_flags(overrides):
@@ -83,6 +89,9 @@ def train(a):
             ckpt = os.path.join(out, 'ckpt.pt')
             overrides = dict(METHODS[method][1], data=a.data, out=out, seed=seed, max_iters=a.iters)
             cmd = [sys.executable, os.path.join(ROOT, 'train.py'), *recipe_flags(overrides)]
+            base = run_dir(a, method, seed, BASE_ITERS)
+            if not os.path.exists(ckpt) and a.iters > BASE_ITERS and os.path.exists(os.path.join(base, 'ckpt.pt')):
+                shutil.copytree(base, out)  # the constant learning rate makes this the same as training a.iters
             if os.path.exists(ckpt):
                 if load_checkpoint(ckpt)['step'] >= a.iters:
                     print(f'{out}: done')
@@ -136,12 +145,13 @@ def score(ckpt_path, batch, steps, sampler, temperature, seed, chunk=16):
     model.load_state_dict(ck['ema'])
     model.eval()
     gen = torch.Generator().manual_seed(seed)
+    dtype, _ = pick_dtype(cfg.get('dtype', 'auto'), torch.device('cpu'))  # as train.py's own evaluations
     per_image = []
     n = len(batch['hr'])
     for i in range(0, n, chunk):
         part = {k: v[i:i + chunk] for k, v in batch.items()}
         with torch.inference_mode():
-            res, _, _ = sample_and_score(model, cfg, part, steps, sampler=sampler, generator=gen)
+            res, _, _ = sample_and_score(model, cfg, part, steps, sampler=sampler, generator=gen, dtype=dtype)
         per_image.append((len(part['hr']), res))
     total = sum(k for k, _ in per_image)
     out = {key: sum(k * r[key] for k, r in per_image) / total for key in ('psnr', 'ssim', 'consistency')}
@@ -322,8 +332,9 @@ def final_table(rows):
     out = [f"Final checkpoints, {r0['n']} held-out faces, DDPM {r0['steps']} steps, each run's own sampler:", '',
            '| method | seeds | step | PSNR (dB) | SSIM | minus standard, paired by seed (PSNR) | above bicubic / '
            'back-projection |', '|---|---|---|---|---|---|---|']
-    std_by_seed = {r['seed']: float(r['psnr']) for r in rows if r['method'] == 'standard'}
-    for (method,), rs in group(rows, 'method').items():
+    std_step = max((int(r['step']) for r in rows if r['method'] == 'standard'), default=None)
+    std_by_seed = {r['seed']: float(r['psnr']) for r in rows if r['method'] == 'standard' and int(r['step']) == std_step}
+    for (method, _), rs in group(rows, 'method', 'step').items():
         psnr = [float(r['psnr']) for r in rs]
         ssim = [float(r['ssim']) for r in rs]
         diffs = [float(r['psnr']) - std_by_seed[r['seed']] for r in rs if r['seed'] in std_by_seed]
