@@ -4,7 +4,7 @@ training alone; block noise in training on / off x at sampling on / off; RDM's C
 CPU recipe's, 3 seeds each; and two-stage generation 64 -> 256 from trained models.
 
     python experiments/relay64_256.py cost               # s/it of the recipe alone (all cores): the 30-minute budget
-    python experiments/relay64_256.py train --jobs 2     # 3 variants x 3 seeds + stage 1: two at a time, one thread each
+    python experiments/relay64_256.py train --jobs 2     # 3 variants x 3 seeds + stage 1, two at a time, 1 thread each
     python experiments/relay64_256.py score --jobs 2     # 32 held-out faces, every run x sampler setting
     python experiments/relay64_256.py two_stage          # 16 faces: stage 1 (relay64) -> stage 2 (recipe, first seed)
     python experiments/relay64_256.py report             # mean ± std (min-max) over seeds, margins, targets, effects
@@ -187,7 +187,7 @@ def two_stage(a):
     print(f"grid: {os.path.join(a.out, 'two_stage_64_256.png')}")
 
 
-# ----------------------------------------------------------------------------- report (pure: rows as the CSV holds them)
+# ----------------------------------------------------------------------------- report (pure: rows as in the CSV)
 def target(values, threshold):
     """Whether PSNR margins reach `threshold`: on every seed, on the mean only, or not."""
     if min(values) >= threshold:
@@ -264,7 +264,8 @@ def effects(rows):
         d_psnr = paired(relay, a_key, b_key, 'psnr')
         if d_psnr:
             d_ssim = paired(relay, a_key, b_key, 'ssim')
-            lines.append(f'| {name} | {sampler} | {len(d_psnr)} | {spread(d_psnr, "+.2f")} | {spread(d_ssim, "+.3f")} |')
+            cells = [name, sampler, str(len(d_psnr)), spread(d_psnr, '+.2f'), spread(d_ssim, '+.3f')]
+            lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
 
@@ -310,7 +311,7 @@ def get_args(argv=None):
     ap.add_argument('--dtype', default='auto', choices=['auto', 'fp32', 'bf16'], help='scoring and sampling')
     ap.add_argument('--gen-n', type=int, default=16, help='two_stage: faces generated')
     ap.add_argument('--run', help=argparse.SUPPRESS)  # score_run: one run folder
-    ap.add_argument('--smoke', action='store_true', help='12 faces (4 held out), 2 iterations, 2 steps, seed 0: a check')
+    ap.add_argument('--smoke', action='store_true', help='12 faces (4 held out), 2 iterations, 2 steps, seed 0')
     a = ap.parse_args(argv)
     a.extra = []
     if a.smoke:

@@ -108,7 +108,7 @@ def cached_scores(a, ckpt, hr, base):
 
 
 def network_dtype(a):
-    """The autocast dtype of the network while sampling: a.dtype where the caller sets it (relay64_256.py), else fp32."""
+    """The network's autocast dtype while sampling: a.dtype where the caller sets it (relay64_256.py), else fp32."""
     return getattr(a, 'dtype', torch.float32)
 
 

@@ -43,9 +43,10 @@ def test_summary_mean_std_min_max_margins_and_targets_by_hand():
     # 0.73, std sqrt((0.0009 + 0.0001 + 0.0016) / 2) = 0.0361; flat 1.0, 1.2, 1.4: 1.2 ± 0.2. Over the input (26):
     # +1, +1.5, +2 (every seed >= +1); over bicubic (28): -1, -0.5, 0 (mean -0.5 reaches -0.5, seed 0 does not);
     # over the baseline (28.5): -1.5, -1, -0.5.
-    assert lines[3] == ('| CPU recipe: relay, s_block 0.15 | 3 | 27.50 ± 0.50 (27.00-28.00) | 0.730 ± 0.036 (0.700-0.770) '
-                        '| 1.20 ± 0.20 (1.00-1.40) | +1.50 ± 0.50 (+1.00 to +2.00) | -0.50 ± 0.50 (-1.00 to +0.00) '
-                        '| -1.00 ± 0.50 (-1.50 to -0.50) | input +1 dB: met (every seed); bicubic -0.5 dB: met (mean) |')
+    assert lines[3] == ('| CPU recipe: relay, s_block 0.15 | 3 | 27.50 ± 0.50 (27.00-28.00) '
+                        '| 0.730 ± 0.036 (0.700-0.770) | 1.20 ± 0.20 (1.00-1.40) | +1.50 ± 0.50 (+1.00 to +2.00) '
+                        '| -0.50 ± 0.50 (-1.00 to +0.00) | -1.00 ± 0.50 (-1.50 to -0.50) '
+                        '| input +1 dB: met (every seed); bicubic -0.5 dB: met (mean) |')
     # no block noise in training: 26.5, 27.5, 27.7: over the input +0.5, +1.5, +1.7 (mean 1.233: mean only); over
     # bicubic -1.5, -0.5, -0.3 (mean -0.767: not met)
     assert lines[4].endswith('| input +1 dB: met (mean); bicubic -0.5 dB: not met |')
