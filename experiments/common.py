@@ -1,7 +1,8 @@
 """
 Helpers shared by the experiment drivers (experiments/quickstart.sh, dream.sh, relay.sh, speed.sh): collect the
-evaluations of training runs into a results CSV, summarize a results CSV over seeds, merge CSVs, and tell whether a
-run has finished (so a driver that is stopped and started again skips the runs it has done).
+evaluations of training runs into a results CSV, summarize a results CSV over seeds, merge CSVs, tell whether a
+run has finished (so a driver that is stopped and started again skips the runs it has done), and run train.py
+subprocesses a few at a time, one thread each (train_command, run_jobs: experiments/relay_stage2.py, relay64_256.py).
 
     python experiments/common.py collect --runs runs/a runs/b --labels standard "DREAM p=1" --out results/x.csv [--all]
     python experiments/common.py summarize results/dream/p_sweep.csv --by label --metrics psnr ssim
@@ -20,7 +21,9 @@ import csv
 import json
 import os
 import statistics
+import subprocess
 import sys
+import time
 
 # as train.py's evaluation logs them; '' where a task has none
 SCORES = ('psnr ssim consistency flat_noise grid_texture bicubic_psnr bicubic_ssim bicubic_consistency '
@@ -98,6 +101,54 @@ def finished(run, step):
     if not os.path.isfile(os.path.join(run, 'log.jsonl')):
         return False
     return any(r.get('eval') and r['step'] == step for r in read_log(run))
+
+
+def checkpoint_step(path):
+    """The step of the checkpoint at `path`, None when there is none."""
+    import torch
+    if not os.path.isfile(path):
+        return None
+    return torch.load(path, map_location='cpu', weights_only=True)['step']
+
+
+def train_command(flags, out, max_iters):
+    """The train.py command that brings the run in `out` to `max_iters` (flags: train.py's, without --out), or None
+    when its checkpoint is there already: --resume from a checkpoint, --overwrite without one (a run stopped before
+    its first checkpoint starts over)."""
+    step = checkpoint_step(os.path.join(out, 'ckpt.pt'))
+    if step is not None and step >= max_iters:
+        return None
+    return [sys.executable, 'train.py', *map(str, flags), '--max-iters', str(max_iters), '--out', out,
+            '--resume' if step is not None else '--overwrite']
+
+
+def run_jobs(jobs, n=1, cwd=None, threads=1, poll=0.5):
+    """Run (name, command, log) jobs at most n at a time in `cwd`, each with OMP_NUM_THREADS=threads (None: unset,
+    torch's default) and its output appended to its log. The failed ones are named in one SystemExit at the end,
+    after the others have run."""
+    env = dict(os.environ)
+    if threads is not None:
+        env['OMP_NUM_THREADS'] = str(threads)
+    pending, running, failed = list(jobs), [], []
+    while pending or running:
+        while pending and len(running) < n:
+            name, cmd, log = pending.pop(0)
+            os.makedirs(os.path.dirname(os.path.abspath(log)), exist_ok=True)
+            print(f'{name}: started, log {log}: {" ".join(cmd)}', flush=True)
+            f = open(log, 'a')
+            running.append((name, subprocess.Popen(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, env=env), f, log))
+        time.sleep(poll)
+        for job in list(running):
+            name, proc, f, log = job
+            if proc.poll() is None:
+                continue
+            f.close()
+            running.remove(job)
+            print(f'{name}: ' + (f'failed ({proc.returncode}), see {log}' if proc.returncode else 'done'), flush=True)
+            if proc.returncode:
+                failed.append(f'{name} ({log})')
+    if failed:
+        raise SystemExit(f'{len(failed)} of {len(jobs)} jobs failed: ' + ', '.join(failed))
 
 
 def eval_rows(run, label, every=False):

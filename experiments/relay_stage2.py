@@ -23,7 +23,6 @@ import csv
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 
 import torch
@@ -31,11 +30,14 @@ import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, 'experiments'))
 import data  # noqa: E402
 import metrics  # noqa: E402
 import relay  # noqa: E402
 from checkpoint import load_model  # noqa: E402
 from tasks import heldout, parse_task, relay_inputs  # noqa: E402
+from runtime import autocast  # noqa: E402
+from common import checkpoint_step, run_jobs, train_command  # noqa: E402  (experiments/common.py)
 
 RECIPE = ['--task', 'relay16_64', '--holdout', '100', '--model', 'tiny', '--batch-size', '8', '--lr', '5e-4',
           '--prob-length', '0.5', '--s-noise', '1', '--dtype', 'fp32', '--eval-n', '32', '--eval-steps', '40',
@@ -46,12 +48,6 @@ COLUMNS = ('task label seed step train_s sampler steps n psnr ssim flat_noise in
 
 def run_name(seed, max_iters, base_iters):
     return f's{seed}' if max_iters == base_iters else f's{seed}_it{max_iters}'
-
-
-def checkpoint_step(path):
-    if not os.path.isfile(path):
-        return None
-    return torch.load(path, map_location='cpu', weights_only=True)['step']
 
 
 def train_seed(a, seed):
@@ -67,17 +63,8 @@ def train_seed(a, seed):
         if checkpoint_step(os.path.join(base, 'ckpt.pt')) != a.base_iters:
             raise SystemExit(f'{base}: no finished {a.base_iters}-iteration run to continue')
         shutil.copytree(base, out)
-        step = a.base_iters
-    cmd = [sys.executable, 'train.py', *RECIPE, '--data', a.data, '--seed', str(seed), '--max-iters', str(a.max_iters),
-           '--eval-every', str(a.max_iters), '--out', out]
-    if step is not None:
-        cmd.append('--resume')
-    log = os.path.join(a.runs, f'train_{os.path.basename(out)}.log')
-    print(f'training {out} (log {log}): {" ".join(cmd)}', flush=True)
-    with open(log, 'a') as f:
-        rc = subprocess.call(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS='1'))
-    if rc != 0:
-        raise SystemExit(f'{out}: train.py exited with {rc}; see {log}')
+    cmd = train_command([*RECIPE, '--data', a.data, '--seed', seed, '--eval-every', a.max_iters], out, a.max_iters)
+    run_jobs([(out, cmd, os.path.join(a.runs, f'train_{os.path.basename(out)}.log'))], cwd=ROOT)
 
 
 def scores(x, hr):
@@ -108,6 +95,8 @@ def cached_scores(a, ckpt, hr, base):
     cache = os.path.join(os.path.dirname(ckpt), 'stage2_scores.pt')
     key = dict(step=checkpoint_step(ckpt), n=len(hr), steps=a.steps, s_block=a.s_block, smooth=a.smooth,
                sample_seed=a.sample_seed, hr_sum=round(float(hr.double().sum()), 6))
+    if network_dtype(a) != torch.float32:
+        key['dtype'] = str(network_dtype(a))
     if os.path.isfile(cache):
         saved = torch.load(cache, weights_only=True)
         if saved['key'] == key:
@@ -116,6 +105,11 @@ def cached_scores(a, ckpt, hr, base):
     rows, outputs = score_run(a, ckpt, hr, base)
     torch.save(dict(key=key, rows=rows, outputs={k: v[:8] for k, v in outputs.items()}), cache)
     return rows, outputs
+
+
+def network_dtype(a):
+    """The network's autocast dtype while sampling: a.dtype where the caller sets it (relay64_256.py), else fp32."""
+    return getattr(a, 'dtype', torch.float32)
 
 
 @torch.inference_mode()
@@ -129,12 +123,14 @@ def score_run(a, ckpt, hr, base):
     for steps in a.steps:
         for s_block in a.s_block:
             for suffix, project, smooth in settings(a):
-                out = relay.relay_sampler(D, x_up, steps, truncation_sigma=relay.default_truncation_sigma(
+                with autocast(torch.device('cpu'), network_dtype(a)):  # the network only; the metrics in fp32
+                    out = relay.relay_sampler(D, x_up, steps, truncation_sigma=relay.default_truncation_sigma(
                                               cfg['prob_length']),
-                                          truncation_t=cfg['prob_length'], block=info['block'], s_block=s_block,
-                                          s_noise=cfg['s_noise'], blur_sigma_max=cfg['blur_sigma_max'],
-                                          generator=torch.Generator().manual_seed(a.sample_seed), project=project,
-                                          project_smooth=smooth)
+                                              truncation_t=cfg['prob_length'], block=info['block'],
+                                              s_block=s_block, s_noise=cfg['s_noise'],
+                                              blur_sigma_max=cfg['blur_sigma_max'],
+                                              generator=torch.Generator().manual_seed(a.sample_seed), project=project,
+                                              project_smooth=smooth)
                 label = f'relay{suffix}, s_block {s_block:g}, {steps} steps'
                 if ck['step'] != a.base_iters:
                     label = f'{ck["step"]} it., ' + label
@@ -154,13 +150,13 @@ def base_scores(a, hr, base):
                 baseline_psnr=scores(projected, hr)['psnr'], smooth_baseline_psnr=scores(smooth_projected, hr)['psnr'])
 
 
-def baseline_rows(a, hr, base):
+def baseline_rows(a, hr, base, task='relay16_64'):
     names = ['input (nearest up of the tile means)', 'bicubic of the tile means',
              'baseline: bicubic + box projection (tile means restored)',
              f'baseline: bicubic + smooth box projection ({a.smooth[0]:g})']
     rows = []
     for name, x in zip(names, base):
-        rows.append(dict(task='relay16_64', label=name, seed='', step=0, train_s=0, sampler='', steps=0, n=len(hr),
+        rows.append(dict(task=task, label=name, seed='', step=0, train_s=0, sampler='', steps=0, n=len(hr),
                          **scores(x, hr), **base_scores(a, hr, base), project='', project_smooth='', s_block='',
                          s_noise='', ckpt=''))
     return rows

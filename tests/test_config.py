@@ -23,7 +23,7 @@ def in_tmp(tmp_path, monkeypatch):
 def test_the_shipped_configs_are_there():
     names = {os.path.basename(f) for f in CONFIGS}
     assert {'quickstart_cpu.toml', 'sr16_128_paper.toml', 'relay16_cpu.toml', 'relay16_64_cpu.toml',
-            'relay64_256_rdm.toml'} <= names
+            'relay64_256_rdm.toml', 'relay64_256_cpu.toml'} <= names
 
 
 @pytest.mark.parametrize('path', CONFIGS, ids=os.path.basename)
@@ -54,6 +54,10 @@ def test_a_few_recipe_values():
         ('relay64_256', 2.0, 0.89, 0.15, 0.2)
     stage2 = train.get_args(['--config', os.path.join(ROOT, 'configs', 'relay16_64_cpu.toml')])
     assert (stage2.prob_length, stage2.s_noise, stage2.batch_size, stage2.lr, stage2.max_iters) == (0.5, 1.0, 8, 5e-4, 1500)
+    cpu256 = train.get_args(['--config', os.path.join(ROOT, 'configs', 'relay64_256_cpu.toml')])
+    assert (cpu256.task, cpu256.model, cpu256.prob_length, cpu256.s_noise, cpu256.blur_sigma_max, cpu256.block_noise) == \
+        ('relay64_256', 'tiny', 0.5, 1.0, 3.0, 0.15)
+    assert (cpu256.batch_size, cpu256.lr, cpu256.max_iters, cpu256.holdout, cpu256.dtype) == (4, 5e-4, 800, 32, 'auto')
 
 
 def write(tmp_path, text):

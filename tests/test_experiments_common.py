@@ -88,3 +88,29 @@ def test_merge_keeps_one_header_and_fixes_sweep_labels(tmp_path):
     second.write_text('label,steps\nstandard,50\n')
     common.merge(str(tmp_path / 'm.csv'), [str(first), str(second)])
     assert (tmp_path / 'm.csv').read_text() == 'label,steps\nDREAM p=1,5\nstandard,50\n'
+
+
+def test_train_command_skips_resumes_or_starts_over(tmp_path):
+    out = str(tmp_path / 'run')
+    flags = ['--task', 'relay64_256', '--seed', 1]
+    # no checkpoint (a run stopped before its first one, or none): start over
+    cmd = common.train_command(flags, out, 10)
+    assert cmd[1:] == ['train.py', '--task', 'relay64_256', '--seed', '1', '--max-iters', '10', '--out', out,
+                       '--overwrite']
+    os.makedirs(out)
+    torch.save(dict(step=4), os.path.join(out, 'ckpt.pt'))
+    assert common.checkpoint_step(os.path.join(out, 'ckpt.pt')) == 4
+    assert common.train_command(flags, out, 10)[-1] == '--resume'  # step 4 < 10
+    assert common.train_command(flags, out, 4) is None  # finished
+    assert common.train_command(flags, out, 3) is None
+
+
+def test_run_jobs_runs_each_with_one_thread_and_names_the_failed(tmp_path):
+    show = 'import os, sys; print(os.environ["OMP_NUM_THREADS"]); sys.exit(int(sys.argv[1]))'
+    jobs = [(f'job{i}', [sys.executable, '-c', show, str(rc)], str(tmp_path / f'job{i}.log'))
+            for i, rc in enumerate([0, 3, 0])]
+    with pytest.raises(SystemExit, match=r'1 of 3 jobs failed: job1 \(.*job1\.log\)'):
+        common.run_jobs(jobs, n=2, poll=0.01)
+    assert [(tmp_path / f'job{i}.log').read_text() for i in range(3)] == ['1\n'] * 3  # all ran, one thread each
+    common.run_jobs(jobs[:1], threads=2, poll=0.01)
+    assert (tmp_path / 'job0.log').read_text() == '1\n2\n'  # appended
