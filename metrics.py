@@ -266,9 +266,13 @@ def fid(fake, real, feature=None):
 def frechet_distance(mu1, sigma1, mu2, sigma2):
     """Closed-form Frechet (2-Wasserstein^2) distance of N(mu1, sigma1) and N(mu2, sigma2), in float64:
     ||mu1 - mu2||^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^(1/2)). tr of the square root is the sum
-    of the square roots of the eigenvalues of sigma1 @ sigma2 (real and >= 0 for PSD inputs; round-off clamped)."""
+    of the square roots of the eigenvalues of sigma1 @ sigma2, which are those of the symmetric PSD
+    sigma1^(1/2) sigma2 sigma1^(1/2): computed so (eigh), which also holds for singular or zero covariances, where
+    a general eigensolver on sigma1 @ sigma2 can fail to converge (round-off below 0 clamped)."""
     mu1, mu2, s1, s2 = (torch.as_tensor(t, dtype=torch.float64) for t in (mu1, mu2, sigma1, sigma2))
-    ev = torch.linalg.eigvals(s1 @ s2).real.clamp_min(0)
+    w, v = torch.linalg.eigh((s1 + s1.T) / 2)
+    root1 = (v * w.clamp_min(0).sqrt()) @ v.T
+    ev = torch.linalg.eigvalsh(root1 @ ((s2 + s2.T) / 2) @ root1).clamp_min(0)
     return float((mu1 - mu2).pow(2).sum() + s1.trace() + s2.trace() - 2 * ev.sqrt().sum())
 
 
