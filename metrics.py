@@ -24,6 +24,8 @@ Recipes (so our numbers compare with theirs):
   resizes to 299 itself); its weights download once and are cached. With `feature=` an nn.Module of one's own,
   the module gets the [-1,1] float images as they are. KID is unbiased at small n (quote it with its std); FID is
   biased upwards at small n (the paper's FID uses 50k samples), so FID on a few hundred images is not comparable.
+* pixel_frechet (ours) = the same Frechet distance on the pixels (or their top-k principal components) of small
+  images, no network: relay stage 1's 16x16 faces (docs/relay.md). Not perceptual; a moment-matched Gaussian scores ~0.
 """
 import os
 
@@ -264,10 +266,43 @@ def fid(fake, real, feature=None):
 def frechet_distance(mu1, sigma1, mu2, sigma2):
     """Closed-form Frechet (2-Wasserstein^2) distance of N(mu1, sigma1) and N(mu2, sigma2), in float64:
     ||mu1 - mu2||^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^(1/2)). tr of the square root is the sum
-    of the square roots of the eigenvalues of sigma1 @ sigma2 (real and >= 0 for PSD inputs; round-off clamped)."""
+    of the square roots of the eigenvalues of sigma1 @ sigma2, which are those of the symmetric PSD
+    sigma1^(1/2) sigma2 sigma1^(1/2): computed so (eigh), which also holds for singular or zero covariances, where
+    a general eigensolver on sigma1 @ sigma2 can fail to converge (round-off below 0 clamped)."""
     mu1, mu2, s1, s2 = (torch.as_tensor(t, dtype=torch.float64) for t in (mu1, mu2, sigma1, sigma2))
-    ev = torch.linalg.eigvals(s1 @ s2).real.clamp_min(0)
+    w, v = torch.linalg.eigh((s1 + s1.T) / 2)
+    root1 = (v * w.clamp_min(0).sqrt()) @ v.T
+    ev = torch.linalg.eigvalsh(root1 @ ((s2 + s2.T) / 2) @ root1).clamp_min(0)
     return float((mu1 - mu2).pow(2).sum() + s1.trace() + s2.trace() - 2 * ev.sqrt().sum())
+
+
+def pixel_frechet(fake, real, pcs=None):
+    """Frechet distance between Gaussians fit to two sets of images in pixel space (ours; for small images such as
+    relay stage 1's 16x16 faces, docs/relay.md): each image (C,H,W) is flattened to C*H*W values as given ([-1,1]),
+    optionally projected onto the top `pcs` principal components of `real` (fit on real alone, centred at its mean),
+    then the mean and covariance (n - 1) of each set in float64 go to frechet_distance. Each set needs more images
+    than dimensions (C*H*W, or pcs), so that its covariance can be full rank. Pixels, not perception: it sees the
+    first two moments only (a Gaussian with real's moments scores ~0), and it is biased upwards at small n."""
+    x, y = (torch.as_tensor(t).detach().cpu().double() for t in (fake, real))
+    if x.dim() < 2 or y.dim() < 2 or x.shape[1:] != y.shape[1:]:
+        raise ValueError(f"pixel_frechet: fake {tuple(x.shape)} and real {tuple(y.shape)} must be batches of "
+                         f"images of one size")
+    x, y = x.flatten(1), y.flatten(1)
+    dim = y.shape[1]
+    if pcs is not None and not 1 <= int(pcs) <= dim:
+        raise ValueError(f"pixel_frechet: pcs={pcs} must be between 1 and the {dim} values of an image")
+    d = dim if pcs is None else int(pcs)
+    for name, z in (('fake', x), ('real', y)):
+        if len(z) <= d:
+            raise ValueError(f"pixel_frechet: {len(z)} {name} images are too few for a {d}-dim covariance (it "
+                             f"needs more than {d}; use more images or pcs below {len(z)})")
+        if not torch.isfinite(z).all():
+            raise ValueError(f"pixel_frechet: the {name} images hold NaN or inf")
+    if pcs is not None:  # principal axes of the real set: right singular vectors of the centred real images
+        mu = y.mean(0)
+        axes = torch.linalg.svd(y - mu, full_matrices=False).Vh[:d]
+        x, y = (x - mu) @ axes.T, (y - mu) @ axes.T
+    return frechet_distance(x.mean(0), torch.cov(x.T).reshape(d, d), y.mean(0), torch.cov(y.T).reshape(d, d))
 
 
 def compute_metrics(pred, gt, lr=None, lpips=None, y_channel=False):
