@@ -6,13 +6,14 @@ faces, with the training-free baselines beside them. pretrained/README.md and th
     python experiments/pretrained.py [--n 100] [--only sr16_64.pt ...]     # -> results/pretrained/scores.csv
 
 Each model is sampled the way `sample.py` samples it by default (SR: DDPM, 100 steps, the run's temperature and
-projection; relay stage 2: 40 steps of the relay sampler with the run's settings), one fixed noise seed.
+projection; relay stage 2: 40 steps of the relay sampler with the run's settings; --dtype auto: bf16 autocast where
+the CPU has native bf16), one fixed noise seed.
 * srL_H.pt: the first --n faces of data/faces_L_H/val (faces 00000-00099); baselines bicubic and bicubic + the exact
   low-resolution projection (back-projection).
 * relayL_H.pt: the first --n held-out faces of ../shared/data/faces at H pixels, their tile means as the input;
   baselines the input, bicubic of the tile means, and bicubic with each tile's mean restored (the training-free
   baseline of docs/relay.md).
-A row already in the CSV for the same file, step and n is kept (delete the CSV to score again).
+A row already in the CSV for the same file, step, n and dtype is kept (delete the CSV to score again).
 """
 import argparse
 import csv
@@ -28,11 +29,12 @@ import data  # noqa: E402
 import metrics  # noqa: E402
 import relay  # noqa: E402
 from checkpoint import load_model  # noqa: E402
+from runtime import pick_dtype  # noqa: E402
 from diffusion import LowResProjection  # noqa: E402
 from tasks import heldout, parse_task, relay_inputs, sample_and_score  # noqa: E402
 
 SR_STEPS, RELAY_STEPS = 100, 40  # sample.py's defaults
-COLUMNS = ('file task step train_s n steps psnr ssim input_psnr bicubic_psnr bicubic_ssim baseline_psnr '
+COLUMNS = ('file task step train_s n steps dtype psnr ssim input_psnr bicubic_psnr bicubic_ssim baseline_psnr '
            'baseline_ssim').split()
 
 
@@ -53,7 +55,7 @@ def score_sr(a, path, info, chunk=25):
     outs = []
     for i in range(0, len(batch['hr']), chunk):
         part = {k: v[i:i + chunk] for k, v in batch.items()}
-        _, grid, ncol = sample_and_score(model, cfg, part, SR_STEPS, generator=gen)
+        _, grid, ncol = sample_and_score(model, cfg, part, SR_STEPS, generator=gen, dtype=a.dtype)
         outs.append(grid.reshape(-1, ncol, *grid.shape[1:])[:, 2])  # grid columns: LR | bicubic | SR | HR
     out = torch.cat(outs)
     hr, lr, bic = batch['hr'], batch['lr'], batch['sr']
@@ -69,7 +71,7 @@ def score_relay2(a, path, info):
     hr = heldout(data.ImageFolder(a.faces, info['res']), a.n)['image']
     model, cfg = load_model(path)
     gen = torch.Generator().manual_seed(a.seed)
-    res, grid, ncol = sample_and_score(model, cfg, {'image': hr}, RELAY_STEPS, generator=gen)
+    res, grid, ncol = sample_and_score(model, cfg, {'image': hr}, RELAY_STEPS, generator=gen, dtype=a.dtype)
     out = grid.reshape(-1, ncol, *grid.shape[1:])[:, 1]  # grid columns: input | relay | HR
     x_up, bicubic = relay_inputs(hr, info['block'])
     baseline = relay.TileMeanProjection(F.avg_pool2d(hr, info['block']), info['block'])(bicubic).clamp(-1, 1)
@@ -89,7 +91,9 @@ def main(argv=None):
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--only', nargs='+', default=None, help='file names in --pretrained-dir (default: every *.pt)')
     p.add_argument('--out', default=os.path.join(ROOT, 'results', 'pretrained', 'scores.csv'))
+    p.add_argument('--dtype', default='auto', choices=['auto', 'fp32', 'bf16'], help="as sample.py's --dtype")
     a = p.parse_args(argv)
+    a.dtype, _ = pick_dtype(a.dtype, torch.device('cpu'))
     files = a.only or sorted(f for f in os.listdir(a.pretrained_dir) if f.endswith('.pt'))
     rows = []
     if os.path.exists(a.out):
@@ -99,7 +103,9 @@ def main(argv=None):
         path = os.path.join(a.pretrained_dir, name)
         ck = torch.load(path, map_location='cpu', weights_only=True)
         info = parse_task(ck['args']['task'])
-        if any(r['file'] == name and r['step'] == str(ck['step']) and r['n'] == str(a.n) for r in rows):
+        dtype = str(a.dtype).replace('torch.', '')
+        if any(r['file'] == name and r['step'] == str(ck['step']) and r['n'] == str(a.n) and r.get('dtype') == dtype
+               for r in rows):
             print(f'{name}: scored already')
             continue
         if info['kind'] == 'sr':
@@ -110,7 +116,8 @@ def main(argv=None):
             print(f'{name}: stage 1 (unconditional) has no held-out pair to score: docs/relay.md scores it by a '
                   f'Frechet distance')
             continue
-        row.update(file=name, task=ck['args']['task'], step=ck['step'], train_s=round(ck.get('train_s', 0.0)))
+        row.update(file=name, task=ck['args']['task'], step=ck['step'], train_s=round(ck.get('train_s', 0.0)),
+                   dtype=dtype)
         rows.append({k: (f'{v:.4f}' if isinstance(v, float) else v) for k, v in row.items()})
         print(', '.join(f'{k} {rows[-1][k]}' for k in COLUMNS if rows[-1].get(k) not in (None, '')), flush=True)
         os.makedirs(os.path.dirname(a.out), exist_ok=True)
