@@ -260,7 +260,8 @@ def spread(values):
     """'mean ± std (min-max)' of a list (std: sample standard deviation; one value: just the value)."""
     if len(values) == 1:
         return f'{values[0]:.2f} (1 seed)'
-    return f'{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} ({min(values):.2f}-{max(values):.2f})'
+    dash = ' to ' if min(values) < 0 else '-'  # '-7.19 to -7.08', not '-7.19--7.08'
+    return f'{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} ({min(values):.2f}{dash}{max(values):.2f})'
 
 
 def group(rows, *keys):

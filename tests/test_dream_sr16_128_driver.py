@@ -52,7 +52,7 @@ def test_final_table_counts_the_seeds_above_each_baseline():
     p1 = next(x for x in table if x.startswith('| DREAM p=1'))
     assert standard.endswith('| 3 / 1 of 3 |')     # all above 21.8; only 22.5 above 22.4
     assert p1.endswith('| 3 / 2 of 3 |')
-    assert '| 0.20 ± 0.40 (-0.20-0.60) |' in p1   # paired: +0.6, +0.2, -0.2
+    assert '| 0.20 ± 0.40 (-0.20 to 0.60) |' in p1   # paired: +0.6, +0.2, -0.2 (a negative range: 'to')
 
 
 def test_steps_table_finds_the_fewest_steps_reaching_the_standards_best():
