@@ -298,7 +298,7 @@ def get_args(argv=None):
     ap.add_argument('--out', default=None, help='results folder (default results/relay; --smoke: RUNS/results)')
     ap.add_argument('--variants', nargs='+', default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument('--seeds', type=int, nargs='+', default=None, help='default 0 1 2 (--smoke: 0)')
-    ap.add_argument('--max-iters', type=int, default=800, help='stage 2 (the recipe\'s; the cost stage tells the fit)')
+    ap.add_argument('--max-iters', type=int, default=1400, help='stage 2 (the recipe\'s; the cost stage tells the fit)')
     ap.add_argument('--s1-iters', type=int, default=4000, help='stage 1 relay64 iterations')
     ap.add_argument('--no-stage1', dest='stage1', action='store_false', help='train: the stage-2 runs only')
     ap.add_argument('--jobs', type=int, default=2, help='train / score: runs at a time, one thread each')

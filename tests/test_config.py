@@ -57,7 +57,7 @@ def test_a_few_recipe_values():
     cpu256 = train.get_args(['--config', os.path.join(ROOT, 'configs', 'relay64_256_cpu.toml')])
     assert (cpu256.task, cpu256.model, cpu256.prob_length, cpu256.s_noise, cpu256.blur_sigma_max, cpu256.block_noise) == \
         ('relay64_256', 'tiny', 0.5, 1.0, 3.0, 0.15)
-    assert (cpu256.batch_size, cpu256.lr, cpu256.max_iters, cpu256.holdout, cpu256.dtype) == (4, 5e-4, 800, 32, 'auto')
+    assert (cpu256.batch_size, cpu256.lr, cpu256.max_iters, cpu256.holdout, cpu256.dtype) == (4, 5e-4, 1400, 32, 'auto')
 
 
 def write(tmp_path, text):
