@@ -115,16 +115,7 @@ def test_frechet_distance_is_computed_in_float64_for_float32_inputs():
     assert metrics.frechet_distance(mu, s, mu + torch.tensor([0.0, 0.0, 0.1]), s) == pytest.approx(0.01, abs=1e-4)
 
 
-class _Flat(torch.nn.Module):
-    """Own 'feature network': the 4 pixel values of a (B, 1, 2, 2) image."""
-    num_features = 4
-
-    def forward(self, x):
-        return x.flatten(1)
-
-
-def _points(n, seed):
-    return torch.randn(n, 1, 2, 2, generator=torch.Generator().manual_seed(seed))
+from test_mutants import _Flat, _points  # noqa: E402  (the 4-pixel feature network and its inputs)
 
 
 def test_kid_default_subset_size_is_capped_at_1000_and_subsets_are_passed_on():
