@@ -192,6 +192,24 @@ def collect(runs, labels, out, every=False):
     return n
 
 
+def write_results(csv_path, rows, columns, md_path=None, text=None):
+    """Write `rows` (dicts) to `csv_path` under `columns` (csv_path None: no CSV), and with `md_path` the markdown
+    `text` beside it; the text is printed. The folders are made as needed."""
+    for path in (csv_path, md_path):
+        if path is not None:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if csv_path is not None:
+        with open(csv_path, 'w', newline='') as f:
+            w = csv.DictWriter(f, columns)
+            w.writeheader()
+            w.writerows(rows)
+    if md_path is not None:
+        with open(md_path, 'w') as f:
+            f.write(text.rstrip('\n') + '\n')
+    if text is not None:
+        print(text)
+
+
 def merge(out, inputs):
     """Concatenate CSVs that share a header into `out` (one header); sweep.py's labels cannot hold spaces, so
     'DREAM_p=1' becomes 'DREAM p=1'."""

@@ -33,7 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'experiments'))
 import data  # noqa: E402
-from common import checkpoint_step, run_jobs, train_command  # noqa: E402
+from common import checkpoint_step, run_jobs, train_command, write_results  # noqa: E402
 from relay_stage2 import COLUMNS as STAGE2_COLUMNS, baseline_rows, baselines, cached_scores, spread  # noqa: E402
 from runtime import pick_dtype  # noqa: E402
 from tasks import heldout  # noqa: E402
@@ -155,12 +155,8 @@ def score(a):
         if variant == 'recipe' and seed == a.seeds[0]:
             key = (a.steps[0], a.s_block[0])
             grid = [base[0], outputs[key + ('',)], outputs[key + (' + projection',)], base[2], hr]
-    os.makedirs(a.out, exist_ok=True)
     path = os.path.join(a.out, 'relay64_256_scores.csv')
-    with open(path, 'w', newline='') as f:
-        w = csv.DictWriter(f, COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
+    write_results(path, rows, COLUMNS)
     print(f'wrote {path}: {len(rows)} rows')
     if grid is not None:  # 4 faces, center 128x128 crops at full resolution
         crops = [c[:4, :, 64:192, 64:192].float().clamp(-1, 1) for c in grid]
@@ -274,10 +270,8 @@ def report(a):
         rows = list(csv.DictReader(f))
     cost_path = os.path.join(a.out, 'relay64_256_cost.json')
     s_per_it = json.load(open(cost_path))['s_per_it'] if os.path.isfile(cost_path) else None
-    text = summary(rows, s_per_it) + '\n\nPaired by seed:\n\n' + effects(rows) + '\n'
-    with open(os.path.join(a.out, 'relay64_256_summary.md'), 'w') as f:
-        f.write(text)
-    print(text)
+    text = summary(rows, s_per_it) + '\n\nPaired by seed:\n\n' + effects(rows)
+    write_results(None, rows, COLUMNS, os.path.join(a.out, 'relay64_256_summary.md'), text)
 
 
 # ----------------------------------------------------------------------------- command line

@@ -24,7 +24,6 @@ Rows -> OUT/stage1_frechet.csv; mean ± std (min-max) over --seeds per row kind 
 are cached in --cache (per checkpoint, seed, steps and count), so a second run only recomputes the distances.
 """
 import argparse
-import csv
 import os
 import sys
 
@@ -38,7 +37,7 @@ import data  # noqa: E402
 import metrics  # noqa: E402
 import relay  # noqa: E402
 from checkpoint import load_for_sampling, load_model  # noqa: E402
-from common import fmt  # noqa: E402
+from common import fmt, write_results  # noqa: E402
 
 COLUMNS = 'task label reference n_real seed step n_samples k frechet ckpt'.split()
 BATCH = 250
@@ -166,16 +165,8 @@ def main():
             x, ck = stage1_samples(ckpt, max(counts(a, seed)), seed, a.steps, a.cache)
             for n in counts(a, seed):
                 score(rows, label or f"{ck['step']} it.", x[:n], refs, a.pcs, seed, ck['step'], ckpt)
-    os.makedirs(a.out, exist_ok=True)
     path = os.path.join(a.out, 'stage1_frechet.csv')
-    with open(path, 'w', newline='') as f:
-        w = csv.DictWriter(f, COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
-    table = summary(rows)
-    with open(os.path.join(a.out, 'stage1_frechet.md'), 'w') as f:
-        f.write(table + '\n')
-    print(table)
+    write_results(path, rows, COLUMNS, os.path.join(a.out, 'stage1_frechet.md'), summary(rows))
     print(f'wrote {path}')
 
 

@@ -19,7 +19,6 @@ mean +- std (min-max) over seeds per label to OUT/stage2_summary.md, and seed 0'
 (input | relay | relay + projection | relay + smooth projection | baseline | HR).
 """
 import argparse
-import csv
 import os
 import shutil
 import statistics
@@ -37,7 +36,7 @@ import relay  # noqa: E402
 from checkpoint import load_model  # noqa: E402
 from tasks import heldout, parse_task, relay_inputs  # noqa: E402
 from runtime import autocast  # noqa: E402
-from common import checkpoint_step, run_jobs, train_command  # noqa: E402  (experiments/common.py)
+from common import checkpoint_step, run_jobs, train_command, write_results  # noqa: E402  (experiments/common.py)
 
 RECIPE = ['--task', 'relay16_64', '--holdout', '100', '--model', 'tiny', '--batch-size', '8', '--lr', '5e-4',
           '--prob-length', '0.5', '--s-noise', '1', '--dtype', 'fp32', '--eval-n', '32', '--eval-steps', '40',
@@ -229,16 +228,8 @@ def main():
                 key = (a.steps[0], a.s_block[0])
                 grid_cols = [base[0], outputs[key + ('',)], outputs[key + (' + projection',)],
                              outputs[key + (f' + smooth projection ({a.smooth[0]:g})',)], base[2], hr]
-    os.makedirs(a.out, exist_ok=True)
     path = os.path.join(a.out, 'stage2_projection.csv')
-    with open(path, 'w', newline='') as f:
-        w = csv.DictWriter(f, COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
-    table = summary(rows)
-    with open(os.path.join(a.out, 'stage2_summary.md'), 'w') as f:
-        f.write(table + '\n')
-    print(table)
+    write_results(path, rows, COLUMNS, os.path.join(a.out, 'stage2_summary.md'), summary(rows))
     if grid_cols is not None:
         data.save_grid(torch.stack([c[:8].clamp(-1, 1) for c in grid_cols], 1).flatten(0, 1),
                        os.path.join(a.out, 'stage2_s0.png'), nrow=len(grid_cols))

@@ -114,3 +114,16 @@ def test_run_jobs_runs_each_with_one_thread_and_names_the_failed(tmp_path):
     assert [(tmp_path / f'job{i}.log').read_text() for i in range(3)] == ['1\n'] * 3  # all ran, one thread each
     common.run_jobs(jobs[:1], threads=2, poll=0.01)
     assert (tmp_path / 'job0.log').read_text() == '1\n2\n'  # appended
+
+
+def test_write_results_writes_the_csv_and_the_markdown_and_prints_it(tmp_path, capsys):
+    rows = [{'label': 'a', 'psnr': 20.5}, {'label': 'b', 'psnr': 21.0, 'ssim': 0.5}]
+    out = tmp_path / 'new' / 'x.csv'
+    common.write_results(str(out), rows, ['label', 'psnr', 'ssim'], str(tmp_path / 'new' / 'x.md'), '| a |\n')
+    with open(out, newline='') as f:
+        back = list(csv.DictReader(f))
+    assert back == [{'label': 'a', 'psnr': '20.5', 'ssim': ''}, {'label': 'b', 'psnr': '21.0', 'ssim': '0.5'}]
+    assert (tmp_path / 'new' / 'x.md').read_text() == '| a |\n'
+    assert capsys.readouterr().out == '| a |\n\n'
+    common.write_results(None, rows, ['label'], str(tmp_path / 'y.md'), 'only text')  # no CSV
+    assert (tmp_path / 'y.md').read_text() == 'only text\n' and not (tmp_path / 'y.csv').exists()
