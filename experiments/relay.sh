@@ -9,8 +9,8 @@
 #   bash experiments/relay.sh blocknoise  block noise in training off (block_noise.csv)
 #   bash experiments/relay.sh dream       DREAM for relay: seeds, cost, equal wall-clock (dream_*.csv, cost.csv)
 #   bash experiments/relay.sh generate    two-stage generation (stage1_lr1e3.png, two_stage.png)
-#   bash experiments/relay.sh stage1      the shipped stage 1's run (4000 it.) scored by its pixel Frechet distance to
-#                                         real faces at 2000 / 4000 it., with references (stage1_frechet.csv / .md);
+#   bash experiments/relay.sh stage1      the shipped stage 1's run (8000 it.) scored by its pixel Frechet distance to
+#                                         real faces at 2000 / 4000 / 6000 / 8000 it., with references (stage1_frechet.*);
 #                                         S1_RUN=DIR scores an existing run of that recipe instead of training one
 #   bash experiments/relay.sh baselines   bicubic of the tile means + box projection (baselines.csv)
 #   bash experiments/relay.sh r64_256     relay64 + relay64_256, 20 iterations each: timing (relay64_256_cpu.csv)
@@ -27,13 +27,13 @@ R=runs/relay
 SR=runs/dream_v1
 OUT=results/relay/
 ITERS=1500 EVERY=500 N=32 HOLD=100 SEEDS="0 1 2" COST_ITERS=200
-S1_ITERS=3000 S1_EVAL=64 S1_BATCH=32 R64_ITERS=20 GEN_STEPS=40 S1_SHIP=4000
+S1_ITERS=3000 S1_EVAL=64 S1_BATCH=32 R64_ITERS=20 GEN_STEPS=40 S1_SHIP=8000
 FD="--n 64 500 --n-first 1000 --pcs 32 768 --seeds 0 1 2"
 if [ -n "${SMOKE:-}" ]; then
   python experiments/common.py smoke-data $FACES runs/smoke/faces_16_64 --n 24 --val 8
   FACES=runs/smoke/faces_16_64_src FACES256=runs/smoke/faces_16_64_src D=runs/smoke/faces_16_64 R=runs/smoke/relay
   SR=runs/smoke/dream OUT=runs/smoke/relay/results_ ITERS=4 EVERY=2 N=2 HOLD=8 SEEDS="0" COST_ITERS=3
-  S1_ITERS=4 S1_EVAL=4 S1_BATCH=4 R64_ITERS=2 GEN_STEPS=4 S1_SHIP=4 FD="--n 6 --n-first --pcs 2 --seeds 0"
+  S1_ITERS=4 S1_EVAL=4 S1_BATCH=4 R64_ITERS=2 GEN_STEPS=4 S1_SHIP=8 FD="--n 6 --n-first --pcs 2 --seeds 0"
 fi
 mkdir -p "$R" "$(dirname "$OUT")"
 A="--task relay16_64 --data $FACES --holdout $HOLD --model tiny --batch-size 8 --lr 5e-4 --max-iters $ITERS
@@ -140,15 +140,16 @@ generate() {  # stage 1 (EDM at 16x16, Adam 1e-3) + stage 2 (seed 0, s_noise 1),
   cp $R/relay_gen_lr1e3/grid.png ${OUT}two_stage.png
 }
 
-stage1() {  # the shipped stage 1's recipe (pretrained/README.md), snapshots at half and all of its iterations
-  local run=${S1_RUN:-$R/relay16_ship} half=$((S1_SHIP / 2))
+stage1() {  # the shipped stage 1's recipe (pretrained/README.md), snapshots at each quarter of its iterations
+  local run=${S1_RUN:-$R/relay16_ship} q=$((S1_SHIP / 4)) snaps=() labels=()
   # a relay stage 1 logs no scored evaluation, so its last snapshot, not common.py finished, says it is done
   [ -f $run/ckpt_$(printf %07d $S1_SHIP).pt ] || train_one $run $S1_SHIP --config configs/relay16_cpu.toml \
-    --data $FACES --holdout $HOLD --batch-size $S1_BATCH --max-iters $S1_SHIP --eval-every $half \
-    --snapshot-every $half --ckpt-every 500 --eval-n $S1_EVAL --eval-steps $GEN_STEPS
+    --data $FACES --holdout $HOLD --batch-size $S1_BATCH --max-iters $S1_SHIP --eval-every $((2 * q)) \
+    --snapshot-every $q --ckpt-every 500 --eval-n $S1_EVAL --eval-steps $GEN_STEPS
+  for k in 1 2 3 4; do snaps+=($run/ckpt_$(printf %07d $((k * q))).pt); labels+=("relay16, $((k * q)) it."); done
   python experiments/relay_stage1.py --data $FACES --holdout $HOLD $FD --steps $GEN_STEPS --cache $R/stage1_samples \
-    --ckpt $run/ckpt_$(printf %07d $half).pt $run/ckpt_$(printf %07d $S1_SHIP).pt pretrained/relay16.pt \
-    --labels "relay16, $half it." "relay16, $S1_SHIP it." "relay16.pt (shipped, 4000 it., bf16)" --out "$(dirname ${OUT}x)"
+    --ckpt "${snaps[@]}" pretrained/relay16.pt --labels "${labels[@]}" "relay16.pt (shipped, $S1_SHIP it., bf16)" \
+    --out "$(dirname ${OUT}x)"
 }
 
 r64_256() {  # the paper's 64 -> 256 setting end to end, 20 iterations per stage: a check that it runs, and its time
