@@ -33,7 +33,7 @@ declare -A TESTS=(
   [metrics]="tests/test_evaluate.py tests/test_kid_fid.py tests/test_metrics_frechet.py tests/test_holes.py tests/test_mutants.py tests/test_mutants2.py tests/test_mutants3.py"
   [relay]="tests/test_relay.py tests/test_relay_project.py tests/test_mutants.py tests/test_mutants2.py tests/test_mutants3.py"
   [diffusion]="tests/test_diffusion.py tests/test_sr_options.py tests/test_fp32_and_grids.py tests/test_holes.py tests/test_mutants.py tests/test_mutants2.py"
-  [tasks]="tests/test_sr_options.py tests/test_fp32_and_grids.py tests/test_review.py tests/test_holes.py tests/test_mutants.py tests/test_mutants2.py tests/test_mutants3.py"
+  [tasks]="tests/test_sr_options.py tests/test_fp32_and_grids.py tests/test_review.py tests/test_holes.py tests/test_mutants.py tests/test_mutants2.py tests/test_mutants3.py tests/test_mutants_tasks.py"
   [train]="tests/test_holes.py tests/test_mutants.py"
 )
 ORDER="dream block_noise metrics relay diffusion tasks train"  # smallest first
