@@ -30,7 +30,7 @@ mkdir -p "$WORK" "$OUT_DIR"
 declare -A TESTS=(
   [dream]="tests/test_diffusion.py tests/test_relay.py tests/test_mutants.py"
   [block_noise]="tests/test_block_noise.py tests/test_relay.py tests/test_mutants.py"
-  [metrics]="tests/test_evaluate.py tests/test_kid_fid.py tests/test_metrics_frechet.py tests/test_holes.py tests/test_mutants.py tests/test_mutants2.py tests/test_mutants3.py"
+  [metrics]="tests/test_evaluate.py tests/test_kid_fid.py tests/test_metrics_frechet.py tests/test_holes.py tests/test_mutants.py tests/test_mutants2.py tests/test_mutants3.py tests/test_mutants_metrics.py"
   [relay]="tests/test_relay.py tests/test_relay_project.py tests/test_mutants.py tests/test_mutants2.py tests/test_mutants3.py"
   [diffusion]="tests/test_diffusion.py tests/test_sr_options.py tests/test_fp32_and_grids.py tests/test_holes.py tests/test_mutants.py tests/test_mutants2.py"
   [tasks]="tests/test_sr_options.py tests/test_fp32_and_grids.py tests/test_review.py tests/test_holes.py tests/test_mutants.py tests/test_mutants2.py tests/test_mutants3.py tests/test_mutants_tasks.py"
