@@ -140,14 +140,14 @@ def test_high_pass_matches_the_blur_written_out(shape):
     hp = metrics._high_pass(z.float())
     assert hp.dtype == torch.float64 and hp.shape == shape
     ref = np.array([[_high_pass(c) for c in b] for b in z.float().double().numpy()])
-    np.testing.assert_allclose(hp.numpy(), ref, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(hp.numpy(), ref, rtol=0, atol=1e-10)
 
 
 def test_high_pass_uses_its_sigma_and_radius():
     z = torch.from_numpy(np.random.default_rng(1).normal(size=(1, 1, 9, 9)))
     for sigma, radius in ((0.7, 3), (2.0, 2), (1.0, 1)):
         np.testing.assert_allclose(metrics._high_pass(z, sigma=sigma, radius=radius)[0, 0].numpy(),
-                                   _high_pass(z[0, 0].numpy(), sigma, radius), rtol=0, atol=1e-12)
+                                   _high_pass(z[0, 0].numpy(), sigma, radius), rtol=0, atol=1e-10)
 
 
 def _textured_pairs(n, b=2):
@@ -195,9 +195,9 @@ def test_ssim_on_the_smallest_images_matches_its_definition():
         a, b = _u8((2, 3, h, w), h * w), _u8((2, 3, h, w), h * w + 1)
         a[1] = np.clip(b[1] + np.random.default_rng(0).integers(-20, 21, size=b[1].shape), 0, 255)  # a near copy
         ours = metrics.ssim(_img(a), _img(b))
-        assert ours.dtype == torch.float64 and ours.tolist() == pytest.approx(_ssim(a, b), abs=1e-12)
+        assert ours.dtype == torch.float64 and ours.tolist() == pytest.approx(_ssim(a, b), abs=1e-10)
         assert metrics.ssim(_img(a), _img(b), y_channel=True).tolist() == pytest.approx(
-            _ssim(_luma(a), _luma(b)), abs=1e-12)
+            _ssim(_luma(a), _luma(b)), abs=1e-10)
 
 
 @pytest.mark.parametrize("h,w", [(10, 12), (12, 10), (10, 11), (11, 10)])
