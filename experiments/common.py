@@ -194,7 +194,10 @@ def collect(runs, labels, out, every=False):
 
 def write_results(csv_path, rows, columns, md_path=None, text=None):
     """Write `rows` (dicts) to `csv_path` under `columns` (csv_path None: no CSV), and with `md_path` the markdown
-    `text` beside it; the text is printed. The folders are made as needed."""
+    `text` beside it; the text is printed. The folders are made as needed. md_path without text is refused before
+    anything is written."""
+    if md_path is not None and text is None:
+        raise ValueError(f'write_results: {md_path} needs its markdown text (text=None)')
     for path in (csv_path, md_path):
         if path is not None:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -212,7 +212,7 @@ def folders(tmp_path):
 
 def run_cli(*args):
     return subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), *map(str, args)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)  # a loaded machine
 
 
 def test_compute_metrics_and_evaluate_dirs(folders):

@@ -127,3 +127,9 @@ def test_write_results_writes_the_csv_and_the_markdown_and_prints_it(tmp_path, c
     assert capsys.readouterr().out == '| a |\n\n'
     common.write_results(None, rows, ['label'], str(tmp_path / 'y.md'), 'only text')  # no CSV
     assert (tmp_path / 'y.md').read_text() == 'only text\n' and not (tmp_path / 'y.csv').exists()
+
+
+def test_write_results_refuses_a_markdown_path_without_text_and_writes_nothing(tmp_path):
+    with pytest.raises(ValueError, match='z.md'):
+        common.write_results(str(tmp_path / 'z.csv'), [{'label': 'a'}], ['label'], str(tmp_path / 'z.md'))
+    assert not (tmp_path / 'z.csv').exists() and not (tmp_path / 'z.md').exists()
