@@ -5,6 +5,7 @@ matmul peak, MFU, and peak memory.
     python bench.py                                   # paper model, SR 16->128 (6-channel input), batch 4
     python bench.py --model tiny --json               # ... the last line is one JSON object
     python bench.py --device cuda --compile --mem-table
+    python bench.py --model tiny --res 256 --attention    # the attention / memory-layout ratios only (below)
 
 What is timed: the training step as train.py runs it: tasks.build_model, the precision of runtime.pick_dtype
 (bf16 autocast or fp32), channels_last where train.py uses it (bf16 or CUDA), tasks.compute_loss
@@ -21,6 +22,10 @@ MFU = F_per_img * img/s / peak (a convolution can beat the matmul rate, so MFU >
 Memory: CUDA torch.cuda.max_memory_allocated; CPU the peak RSS of the whole
 process (VmHWM, i.e. ru_maxrss without what a child inherits from its parent at fork; Python and the torch runtime,
 ~0.3-0.5 GB, included), measured in a fresh subprocess per config (2 steps: Adam state exists in step 2).
+--attention: two ratios behind choices in unet.py and relay.py, interleaved rounds, nothing else measured: SDPA on
+(B, 1, HW, C) views of a transposed tensor against the same values made contiguous (why unet.SelfAttention copies
+them), at the pixel count of the network's middle (H/4 squared for `tiny`), and one forward of the network in the
+run's dtype with an NCHW input against a channels_last one (why the relay samplers hand the denoiser channels_last).
 """
 import argparse
 import copy
@@ -62,6 +67,7 @@ def get_args(argv=None):
     p.add_argument('--mem-table', action='store_true', help='peak memory of every preset at batch 1 and 4')
     p.add_argument('--no-probe', action='store_true', help='no memory subprocesses (grad-checkpoint on/off, table)')
     p.add_argument('--json', action='store_true', help='end with one JSON line')
+    p.add_argument('--attention', action='store_true', help='only the attention-layout and input-layout ratios')
     p.add_argument('--probe-mem', action='store_true', help=argparse.SUPPRESS)  # child mode: 2 steps, print peak
     p.add_argument('--grad-checkpoint', action='store_true', help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -488,11 +494,49 @@ def rounded(value):
     return value
 
 
+def measure_attention(a):
+    """--attention: the two layout ratios (module docstring), as paired ratios of interleaved rounds."""
+    import torch.nn.functional as F
+    from unet import build_unet
+    dtype, why = pick_dtype(a.dtype, a.device)
+    levels = len(PRESETS[a.model]['channel_mults'])
+    hw, ch = (a.res // 2 ** (levels - 1)) ** 2, PRESETS[a.model]['channels'] * PRESETS[a.model]['channel_mults'][-1]
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(a.batch_size, 3, 1, ch, hw, generator=g).to(a.device, dtype).transpose(-1, -2)
+    views, copies = t.unbind(1), t.contiguous().unbind(1)
+    net = build_unet(a.model, 3, 3, a.res).to(a.device).eval()
+    x = torch.randn(a.batch_size, 3, a.res, a.res, generator=g).to(a.device)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    noise = torch.full((a.batch_size,), 0.5, device=a.device)
+    with torch.inference_mode(), autocast(a.device, dtype):
+        sdpa = rounds([lambda: F.scaled_dot_product_attention(*views), lambda: F.scaled_dot_product_attention(*copies)],
+                      a.iters, 1, a.device)
+        fwd = rounds([lambda: net(x, noise), lambda: net(x_cl, noise)], a.iters, 1, a.device)
+    R = dict(device=a.device.type, model=a.model, res=a.res, batch=a.batch_size, dtype=DTYPE_NAME[dtype],
+             dtype_reason=why, attention_pixels=hw, attention_channels=ch,
+             sdpa_view_s=statistics.median(sdpa[0]), sdpa_contiguous_s=statistics.median(sdpa[1]),
+             forward_nchw_s=statistics.median(fwd[0]), forward_channels_last_s=statistics.median(fwd[1]))
+    R['sdpa_view_over_contiguous'] = paired_ratio(*sdpa)
+    R['forward_nchw_over_channels_last'] = paired_ratio(*fwd)
+    print(f"{a.model} {a.res}x{a.res}, batch {a.batch_size}, {R['dtype']}, {a.device.type}, {a.iters} rounds:")
+    print(f"  SDPA over {hw} pixels x {ch} channels: transposed views {R['sdpa_view_s']:.3f} s, contiguous "
+          f"{R['sdpa_contiguous_s']:.3f} s; ratio {R['sdpa_view_over_contiguous'][0]:.2f} (min-max "
+          f"{R['sdpa_view_over_contiguous'][1]:.2f}-{R['sdpa_view_over_contiguous'][2]:.2f})")
+    print(f"  network forward: NCHW input {R['forward_nchw_s']:.3f} s, channels_last {R['forward_channels_last_s']:.3f}"
+          f" s; ratio {R['forward_nchw_over_channels_last'][0]:.2f} (min-max "
+          f"{R['forward_nchw_over_channels_last'][1]:.2f}-{R['forward_nchw_over_channels_last'][2]:.2f})")
+    if a.json:
+        print(json.dumps(rounded(R)))
+    return R
+
+
 def main(argv=None):
     a = get_args(argv)
     if a.probe_mem:
         allow_tf32(a.device)
         return probe_main(a, pick_dtype(a.dtype, a.device)[0])
+    if a.attention:
+        return measure_attention(a)
     b, R = measure_setup(a)
     measure_matmul_peaks(b, R)
     measure_flops(b, R)

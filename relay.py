@@ -182,6 +182,16 @@ def _progress(it, progress):
     return tqdm(it)
 
 
+def _call(D, x, s):
+    """D(x, s) for the samplers -> float64 NCHW. On a CPU the denoiser gets x in channels_last, as diffusion.py's
+    sampler does: the convolutions and the attention's fused kernel are faster in it (bench.py --attention: a tiny
+    stage-2 network at 256x256, bf16, 1.4x its NCHW speed)."""
+    sigma = torch.full((x.shape[0],), float(s), dtype=x.dtype, device=x.device)
+    if x.device.type == 'cpu' and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return D(x, sigma).to(dtype=torch.float64, memory_format=torch.contiguous_format)
+
+
 @torch.inference_mode()
 def edm_sampler(D, latents, steps=18, sigma_min=0.002, sigma_max=80.0, rho=7.0, S_churn=0.0, S_min=0.0,
                 S_max=float('inf'), S_noise=1.0, generator=None, progress=False, callback=None):
@@ -190,11 +200,10 @@ def edm_sampler(D, latents, steps=18, sigma_min=0.002, sigma_max=80.0, rho=7.0, 
     to sigma_hat = (1 + gamma) sigma_i, gamma = min(S_churn / steps, sqrt(2) - 1) for S_min <= sigma_i <= S_max).
     latents: unit Gaussian (B, C, H, W), scaled by sigma_max here. Computes in float64, returns latents'
     dtype. callback(i, x, denoised) after each step."""
-    B = latents.shape[0]
     sig = edm_sigmas(steps, sigma_min, sigma_max, rho, latents.device)
     sig = torch.cat([sig, sig.new_zeros(1)])  # sigma_N = 0
     x = latents.to(torch.float64) * sig[0]
-    Dx = lambda x, s: D(x, torch.full((B,), float(s), dtype=x.dtype, device=x.device)).to(torch.float64)
+    Dx = lambda x, s: _call(D, x, s)
     for i in _progress(range(steps), progress):
         s_cur, s_next = sig[i], sig[i + 1]
         gamma = min(S_churn / steps, math.sqrt(2) - 1) if S_min <= s_cur <= S_max else 0.0
@@ -302,7 +311,7 @@ def relay_sampler(D, x_up, steps, truncation_sigma=0.9, truncation_t=0.93, block
     """
     if heun_noise not in ('reuse', 'fresh'):
         raise ValueError(f"heun_noise must be 'reuse' or 'fresh', got {heun_noise!r}")
-    B, C, H, W = x_up.shape
+    H, W = x_up.shape[-2:]
     sig = edm_sigmas(steps, sigma_min, sigma_max, rho, x_up.device)
     sig = sig[sig < truncation_sigma]
     if len(sig) == 0:
@@ -315,7 +324,7 @@ def relay_sampler(D, x_up, steps, truncation_sigma=0.9, truncation_t=0.93, block
     project_fn = TileMeanProjection(F.avg_pool2d(x_up, block), block, project_smooth) if project else None
 
     def Dx(x, s):
-        denoised = D(x, torch.full((B,), float(s), dtype=x.dtype, device=x.device)).to(torch.float64)
+        denoised = _call(D, x, s)
         return denoised if project_fn is None else project_fn(denoised)
 
     def noise():  # unit Gaussian plus s_block block noise, as in training

@@ -68,3 +68,18 @@ def test_fast_path_gives_the_fp32_loss_and_gradients_within_bf16_tolerance(dream
     l16, g16 = loss_and_grad(True)
     assert l16 == pytest.approx(l32, rel=5e-3)  # seen: <= 1.5e-4
     assert torch.nn.functional.cosine_similarity(g16, g32, dim=0) > 0.98  # seen: >= 0.997
+
+
+def test_attention_mode_reports_both_layout_ratios_and_nothing_else():
+    cmd = [sys.executable, 'bench.py', '--model', 'tiny', '--res', '32', '--batch-size', '2', '--iters', '1',
+           '--device', 'cpu', '--attention', '--json']
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    # tiny: 3 levels, so the middle of a 32x32 input is 8x8 = 64 pixels of 16 x 4 = 64 channels
+    assert out['attention_pixels'] == 64 and out['attention_channels'] == 64 and out['res'] == 32
+    for key in ('sdpa_view_over_contiguous', 'forward_nchw_over_channels_last'):
+        ratio, lo, hi = out[key]
+        assert lo <= ratio <= hi and lo > 0
+    assert 'train_img_s' not in out and 'MFU' not in r.stdout
