@@ -185,7 +185,7 @@ def _progress(it, progress):
 def _call(D, x, s):
     """D(x, s) for the samplers -> float64 NCHW. On a CPU the denoiser gets x in channels_last, as diffusion.py's
     sampler does: the convolutions and the attention's fused kernel are faster in it (bench.py --attention: a tiny
-    stage-2 network at 256x256, bf16, 1.4x its NCHW speed)."""
+    stage-2 network at 256x256, bf16, 1.3x its NCHW speed)."""
     sigma = torch.full((x.shape[0],), float(s), dtype=x.dtype, device=x.device)
     if x.device.type == 'cpu' and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)

@@ -78,7 +78,7 @@ class SelfAttention(nn.Module):
     def forward(self, x):
         b, c, h, w = x.shape
         # (B, 1, HW, C) each, contiguous: on a CPU, SDPA given the transposed views falls back to its unfused math
-        # kernel, 3.9x slower at 4096 pixels (the 64x64 middle of `tiny` at 256x256; bench.py --attention)
+        # kernel, 4.4x slower at 4096 pixels (the 64x64 middle of `tiny` at 256x256; bench.py --attention)
         q, k, v = self.qkv(self.norm(x)).reshape(b, 3, 1, c, h * w).transpose(-1, -2).contiguous().unbind(1)
         a = F.scaled_dot_product_attention(q, k, v)[:, 0]
         return x + self.out(a.transpose(-1, -2).reshape(b, c, h, w))
