@@ -318,7 +318,7 @@ def report(a):
         lines += temperature_table(temp_rows)
     step_rows = read_rows(os.path.join(OUT, 'sr16_128_steps.csv'))
     if step_rows:
-        lines += steps_table(step_rows)
+        lines += steps_table(step_rows) + steps_table(step_rows, 'ssim')
         plot_steps(step_rows)
     text = '\n'.join(lines)
     print(text)
@@ -381,21 +381,28 @@ def reach_table(rows, cost=None):
     return out + ['']
 
 
+PAIRED_WITH = {'sr3_dream': 'sr3'}  # DREAM in the SR3 formulation is paired with that formulation's standard loss
+
+
 def paired_table(rows):
-    """Each method minus the standard loss at the same step, paired by seed: mean ± std (min-max)."""
-    std = {(r['seed'], r['step']): float(r['psnr']) for r in rows if r['method'] == 'standard'}
+    """Each method minus the standard loss at the same step, paired by seed: mean ± std (min-max). SR3's formulation
+    with DREAM is paired with SR3's formulation with the standard loss (PAIRED_WITH): DREAM's own effect there."""
+    psnr = {(r['method'], r['seed'], r['step']): float(r['psnr']) for r in rows}
     steps_all = sorted({int(r['step']) for r in rows})
-    out = ['PSNR minus the standard loss at the same iteration, paired by seed (dB):', '',
+    out = ['PSNR minus the standard loss at the same iteration, paired by seed (dB; the SR3 formulation with DREAM '
+           'minus the SR3 formulation with the standard loss):', '',
            '| method | ' + ' | '.join(str(s) for s in steps_all) + ' |', '|---' * (len(steps_all) + 1) + '|']
     for (method,), rs in group(rows, 'method').items():
         if method == 'standard':
             continue
+        ref = PAIRED_WITH.get(method, 'standard')
         cells = []
         for s in steps_all:
-            d = [float(r['psnr']) - std[(r['seed'], r['step'])] for r in rs
-                 if int(r['step']) == s and (r['seed'], r['step']) in std]
+            d = [float(r['psnr']) - psnr[(ref, r['seed'], r['step'])] for r in rs
+                 if int(r['step']) == s and (ref, r['seed'], r['step']) in psnr]
             cells.append(spread(d).replace(' (1 seed)', ' (1)') if d else '')
-        out.append(f'| {METHODS[method][0]} | ' + ' | '.join(cells) + ' |')
+        label = METHODS[method][0] + (f' - {METHODS[ref][0]}' if ref != 'standard' else '')
+        out.append(f'| {label} | ' + ' | '.join(cells) + ' |')
     return out + ['']
 
 
@@ -417,22 +424,23 @@ def temperature_table(rows):
     return out + ['']
 
 
-def steps_table(rows):
-    """PSNR against sampling steps per sampler temperature, and the fewest steps at which each method reaches the
-    standard's best over all step counts of that temperature."""
+def steps_table(rows, metric='psnr'):
+    """PSNR (or SSIM) against sampling steps per sampler temperature, and the fewest steps at which each method
+    reaches the standard's best over all step counts of that temperature."""
+    name, unit, fmt = {'psnr': ('PSNR', ' (dB)', '.2f'), 'ssim': ('SSIM', '', '.3f')}[metric]
     out = []
     for (temp,), rs in group(rows, 'temperature').items():
         by = group(rs, 'method', 'steps')
         ks = sorted({int(r['steps']) for r in rs})
-        mean = {key: statistics.mean(float(r['psnr']) for r in v) for key, v in by.items()}
+        mean = {key: statistics.mean(float(r[metric]) for r in v) for key, v in by.items()}
         best = max((v for (m, _), v in mean.items() if m == 'standard'), default=None)
         seeds = sorted({r['seed'] for r in rs})
-        out += [f'PSNR (dB) against sampling steps, DDPM at temperature {temp} ({rs[0]["n"]} faces, seed(s) '
-                f'{", ".join(seeds)}, mean over them)' + (f"; the standard's best is {best:.2f}" if best else '') + ':',
+        out += [f'{name}{unit} against sampling steps, DDPM at temperature {temp} ({rs[0]["n"]} faces, seed(s) '
+                f'{", ".join(seeds)}, mean over them)' + (f"; the standard's best is {best:{fmt}}" if best else '') + ':',
                 '', '| method | ' + ' | '.join(str(k) for k in ks) + " | fewest steps to the standard's best |",
                 '|---' * (len(ks) + 2) + '|']
         for method in dict.fromkeys(r['method'] for r in rs):
-            cells = [f'{mean[(method, str(k))]:.2f}' if (method, str(k)) in mean else '' for k in ks]
+            cells = [f'{mean[(method, str(k))]:{fmt}}' if (method, str(k)) in mean else '' for k in ks]
             reach = next((k for k in ks if (method, str(k)) in mean and best is not None
                           and mean[(method, str(k))] >= best), None)
             out.append(f'| {METHODS[method][0]} | ' + ' | '.join(cells) + f" | {reach if reach else 'not reached'} |")

@@ -40,6 +40,19 @@ def test_paired_table_subtracts_the_standard_of_the_same_seed_and_step():
     assert line == '| DREAM p=1 | 1.00 ± 0.71 (0.50-1.50) |'
 
 
+def test_paired_table_pairs_dream_in_the_sr3_formulation_with_that_formulations_standard():
+    rows = [dict(method='standard', seed='0', step='700', psnr='22.0'),
+            dict(method='sr3', seed='0', step='700', psnr='15.0'),
+            dict(method='sr3', seed='1', step='700', psnr='14.0'),
+            dict(method='sr3_dream', seed='0', step='700', psnr='17.0'),   # +2 over seed 0's SR3 standard
+            dict(method='sr3_dream', seed='1', step='700', psnr='17.0')]   # +3 over seed 1's (no recipe standard)
+    table = driver.paired_table(rows)
+    line = next(x for x in table if x.startswith('| SR3 formulation, DREAM'))
+    assert line == '| SR3 formulation, DREAM p=1 - SR3 formulation, standard | 2.50 ± 0.71 (2.00-3.00) |'
+    assert next(x for x in table if x.startswith('| SR3 formulation, standard |')) == \
+        '| SR3 formulation, standard | -7.00 (1) |'  # the formulation itself against the recipe's standard
+
+
 def test_final_table_counts_the_seeds_above_each_baseline():
     base = dict(n='100', steps='50', bicubic_psnr='21.8', bicubic_ssim='0.58', baseline_psnr='22.4',
                 baseline_ssim='0.60', step='2100')
@@ -63,6 +76,12 @@ def test_steps_table_finds_the_fewest_steps_reaching_the_standards_best():
     table = driver.steps_table(rows)
     assert next(x for x in table if x.startswith('| standard')).endswith('| 10 |')   # its best, 22.0 at 10
     assert next(x for x in table if x.startswith('| DREAM p=1')).endswith('| 10 |')  # 22.1 >= 22.0 at 10
+    for r, ssim in zip(rows, (0.50, 0.60, 0.62, 0.55, 0.58, 0.63)):  # SSIM: the standard's best 0.62 at 50
+        r['ssim'] = str(ssim)
+    table = driver.steps_table(rows, 'ssim')
+    assert table[0].startswith('SSIM against sampling steps') and "the standard's best is 0.620" in table[0]
+    assert next(x for x in table if x.startswith('| standard')) == '| standard | 0.500 | 0.600 | 0.620 | 50 |'
+    assert next(x for x in table if x.startswith('| DREAM p=1')).endswith('| 0.630 | 50 |')
 
 
 def test_recipe_flags_turn_the_config_and_overrides_into_train_flags():
