@@ -39,11 +39,12 @@ import time
 from types import SimpleNamespace
 
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from runtime import UsageError, allow_tf32, autocast, memory_format, pick_device, pick_dtype
 from tasks import build_model, check_resolution, compute_loss, loss_config, make_diffusion, parse_task
-from unet import PRESETS
+from unet import PRESETS, build_unet
 
 TARGET_MFU, TARGET_DREAM = 0.6, 1.35
 F32, BF16 = torch.float32, torch.bfloat16
@@ -496,11 +497,10 @@ def rounded(value):
 
 def measure_attention(a):
     """--attention: the two layout ratios (module docstring), as paired ratios of interleaved rounds."""
-    import torch.nn.functional as F
-    from unet import build_unet
     dtype, why = pick_dtype(a.dtype, a.device)
-    levels = len(PRESETS[a.model]['channel_mults'])
-    hw, ch = (a.res // 2 ** (levels - 1)) ** 2, PRESETS[a.model]['channels'] * PRESETS[a.model]['channel_mults'][-1]
+    preset = PRESETS[a.model]
+    side = a.res // preset.get('unshuffle', 1) // 2 ** (len(preset['channel_mults']) - 1)  # the middle's side
+    hw, ch = side ** 2, preset['channels'] * preset['channel_mults'][-1]
     g = torch.Generator().manual_seed(0)
     t = torch.randn(a.batch_size, 3, 1, ch, hw, generator=g).to(a.device, dtype).transpose(-1, -2)
     views, copies = t.unbind(1), t.contiguous().unbind(1)
