@@ -118,13 +118,17 @@ def load_for_sampling(path, task=None):
     return ck
 
 
-def export_pretrained(src_ckpt, dst):
+def export_pretrained(src_ckpt, dst, project=None):
     """Write the shipped form of a training checkpoint to `dst` (atomically, save_checkpoint): the EMA weights only,
     floating-point tensors cast to bf16 (half the bytes of fp32, fp32's exponent range), the run's flags and its
-    step. Loadable with torch.load(weights_only=True); load_model reads it back in fp32. Returns dst's bytes."""
+    step. Loadable with torch.load(weights_only=True); load_model reads it back in fp32. Returns dst's bytes.
+    project True / False overrides the run's --project in the shipped flags: a sampling option (the exact
+    low-resolution / tile-mean consistency step) that training never reads, so the file samples with or without it
+    by default; None keeps the run's."""
     ck = load_checkpoint(src_ckpt)
     ema = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in ck['ema'].items()}
-    state = {'format': PRETRAINED_FORMAT, 'ema': ema, 'args': ck['args'], 'step': ck['step'],
+    args = dict(ck['args']) if project is None else dict(ck['args'], project=bool(project))
+    state = {'format': PRETRAINED_FORMAT, 'ema': ema, 'args': args, 'step': ck['step'],
              'train_s': ck.get('train_s', 0.0)}
     os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
     save_checkpoint(dst, state)
@@ -185,9 +189,11 @@ def main(argv=None):
     export = sub.add_parser('export', help='SRC (a ckpt.pt of train.py) -> DST (EMA weights in bf16 and the flags)')
     export.add_argument('src')
     export.add_argument('dst')
+    export.add_argument('--project', action=argparse.BooleanOptionalAction, default=None,
+                        help="the shipped file's sampling default for the consistency step (default: the run's)")
     a = p.parse_args(argv)
     try:
-        size = export_pretrained(a.src, a.dst)
+        size = export_pretrained(a.src, a.dst, project=a.project)
     except UsageError as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)

@@ -10,9 +10,10 @@ projection; relay stage 2: 40 steps of the relay sampler with the run's settings
 the CPU has native bf16), one fixed noise seed.
 * srL_H.pt: the first --n faces of data/faces_L_H/val (faces 00000-00099); baselines bicubic and bicubic + the exact
   low-resolution projection (back-projection).
-* relayL_H.pt: the first --n held-out faces of ../shared/data/faces at H pixels, their tile means as the input;
-  baselines the input, bicubic of the tile means, and bicubic with each tile's mean restored (the training-free
-  baseline of docs/relay.md).
+* relayL_H.pt: the first --n held-out faces of ../shared/data/faces at H pixels (H above 128, the faces' own size:
+  the first min(--n, 32) of ../shared/data/faces256, held out there), their tile means as the input; baselines the
+  input, bicubic of the tile means, and bicubic with each tile's mean restored (the training-free baseline of
+  docs/relay.md).
 A row already in the CSV for the same file, step, n and dtype is kept (delete the CSV to score again).
 """
 import argparse
@@ -67,8 +68,18 @@ def score_sr(a, path, info, chunk=25):
     return row
 
 
+FACES_RES, FACES256_HELDOUT = 128, 32  # ../shared/data/faces is 128x128; faces256 holds out its first 32
+
+
+def relay_faces(a, res):
+    """(folder, n) of the held-out faces a relay stage 2 at `res` pixels is scored on: faces at up to their own 128
+    pixels, faces256 (its 32 held out) above, so that no face is upsampled to make the target."""
+    return (a.faces, a.n) if res <= FACES_RES else (a.faces256, min(a.n, FACES256_HELDOUT))
+
+
 def score_relay2(a, path, info):
-    hr = heldout(data.ImageFolder(a.faces, info['res']), a.n)['image']
+    folder, n = relay_faces(a, info['res'])
+    hr = heldout(data.ImageFolder(folder, info['res']), n)['image']
     model, cfg = load_model(path)
     gen = torch.Generator().manual_seed(a.seed)
     res, grid, ncol = sample_and_score(model, cfg, {'image': hr}, RELAY_STEPS, generator=gen, dtype=a.dtype)
@@ -87,6 +98,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--pretrained-dir', default=os.path.join(ROOT, 'pretrained'))
     p.add_argument('--faces', default=os.path.join(ROOT, '..', 'shared', 'data', 'faces'))
+    p.add_argument('--faces256', default=os.path.join(ROOT, '..', 'shared', 'data', 'faces256'))
     p.add_argument('--n', type=int, default=100)
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--only', nargs='+', default=None, help='file names in --pretrained-dir (default: every *.pt)')
@@ -104,7 +116,8 @@ def main(argv=None):
         ck = torch.load(path, map_location='cpu', weights_only=True)
         info = parse_task(ck['args']['task'])
         dtype = str(a.dtype).replace('torch.', '')
-        if any(r['file'] == name and r['step'] == str(ck['step']) and r['n'] == str(a.n) and r.get('dtype') == dtype
+        n = relay_faces(a, info['res'])[1] if info['kind'] == 'relay2' else a.n
+        if any(r['file'] == name and r['step'] == str(ck['step']) and r['n'] == str(n) and r.get('dtype') == dtype
                for r in rows):
             print(f'{name}: scored already')
             continue

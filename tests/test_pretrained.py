@@ -54,3 +54,17 @@ def test_the_shipped_sr_model_beats_bicubic_on_held_out_faces():
     out, bicubic = sample.super_resolve(model, cfg, lr, sample.SR_STEPS, generator=torch.Generator().manual_seed(0))
     sr_psnr, bicubic_psnr = metrics.psnr(out, hr).mean().item(), metrics.psnr(bicubic, hr).mean().item()
     assert sr_psnr > bicubic_psnr, (sr_psnr, bicubic_psnr)
+
+
+def test_relay_scores_use_faces_at_their_own_size():
+    """experiments/pretrained.py scores a relay stage 2 above 128 pixels on faces256's held-out 32, never on 128-pixel
+    faces upsampled to the target (which a 256 model would 'restore' to a blurred truth)."""
+    import importlib.util  # by path: `import pretrained` could find the pretrained/ folder as a namespace package
+    spec = importlib.util.spec_from_file_location('pretrained_scores', os.path.join(ROOT, 'experiments', 'pretrained.py'))
+    pretrained = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pretrained)
+    a = pretrained.argparse.Namespace(faces='F128', faces256='F256', n=100)
+    assert pretrained.relay_faces(a, 64) == ('F128', 100)
+    assert pretrained.relay_faces(a, 128) == ('F128', 100)
+    assert pretrained.relay_faces(a, 256) == ('F256', 32)
+    assert pretrained.relay_faces(pretrained.argparse.Namespace(faces='F128', faces256='F256', n=8), 256) == ('F256', 8)

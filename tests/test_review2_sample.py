@@ -290,6 +290,23 @@ def test_export_cli(sr_run, tmp_path):
     assert torch.load(dst, weights_only=True)['format'] == checkpoint.PRETRAINED_FORMAT
 
 
+@pytest.mark.parametrize('run, flag, want', [('sr_run', [], True), ('sr_run', ['--no-project'], False),
+                                             ('unprojected', ['--project'], True), ('unprojected', [], False)])
+def test_export_project_sets_only_the_shipped_sampling_default(request, tmp_path, run, flag, want):
+    """export --project / --no-project writes the consistency step's default into the shipped flags (sample.py reads
+    it); without either the run's own value is kept (sr_run was trained with --project, unprojected without), and no
+    other flag changes."""
+    src = request.getfixturevalue(run)
+    full = torch.load(src, weights_only=True)['args']
+    dst = tmp_path / 'm.pt'
+    r = subprocess.run([sys.executable, 'checkpoint.py', 'export', src, str(dst), *flag], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    args = torch.load(dst, weights_only=True)['args']
+    assert args['project'] is want
+    assert {k: v for k, v in args.items() if k != 'project'} == {k: v for k, v in full.items() if k != 'project'}
+
+
 def test_sr_demo_on_a_high_resolution_photo(shipped, tmp_path, capsys, monkeypatch):
     """A 64x64 photo with no --ckpt: the shipped sr16_64 takes it as a face (downsample, SR); the grid has the columns
     LR | bicubic | SR | original, the printed bicubic PSNR is the hand-computed one."""
