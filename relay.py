@@ -203,18 +203,17 @@ def edm_sampler(D, latents, steps=18, sigma_min=0.002, sigma_max=80.0, rho=7.0, 
     sig = edm_sigmas(steps, sigma_min, sigma_max, rho, latents.device)
     sig = torch.cat([sig, sig.new_zeros(1)])  # sigma_N = 0
     x = latents.to(torch.float64) * sig[0]
-    Dx = lambda x, s: _call(D, x, s)
     for i in _progress(range(steps), progress):
         s_cur, s_next = sig[i], sig[i + 1]
         gamma = min(S_churn / steps, math.sqrt(2) - 1) if S_min <= s_cur <= S_max else 0.0
         s_hat = s_cur * (1 + gamma)
         if gamma > 0:
             x = x + (s_hat ** 2 - s_cur ** 2).sqrt() * S_noise * _randn(x.shape, x, generator)
-        denoised = Dx(x, s_hat)
+        denoised = _call(D, x, s_hat)
         d_cur = (x - denoised) / s_hat
         x_next = x + (s_next - s_hat) * d_cur  # Euler step
         if i < steps - 1:  # 2nd-order correction (not at the final step to sigma = 0)
-            denoised = Dx(x_next, s_next)
+            denoised = _call(D, x_next, s_next)
             d_prime = (x_next - denoised) / s_next
             x_next = x + (s_next - s_hat) * (d_cur + d_prime) / 2
         x = x_next
