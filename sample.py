@@ -12,6 +12,7 @@ Your own checkpoints:
     python sample.py --ckpt out/sr/ckpt.pt --input lr_images/ --out sr_out --steps 100 [--sampler ddim [--eta E]]
     python sample.py --relay --ckpt-first out/r1/ckpt.pt --ckpt-second out/r2/ckpt.pt --n 16 --out faces
     python sample.py --relay --ckpt-second out/r2/ckpt.pt --input lr_images/ --out faces   # stage 2 alone
+    python sample.py --relay --ckpt-second pretrained/relay64_256.pt --input faces64/    # shipped 64 -> 256 stage 2
 Writes one PNG per image as its batch finishes (DIR/a/x.jpg -> OUT/a/x.png: the relative path is kept), and a grid
 of the first 16 beside the folder, OUT_grid.png (--grid), so that evaluate.py --pred OUT scores the samples only.
 """
