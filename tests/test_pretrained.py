@@ -60,7 +60,8 @@ def test_relay_scores_use_faces_at_their_own_size():
     """experiments/pretrained.py scores a relay stage 2 above 128 pixels on faces256's held-out 32, never on 128-pixel
     faces upsampled to the target (which a 256 model would 'restore' to a blurred truth)."""
     import importlib.util  # by path: `import pretrained` could find the pretrained/ folder as a namespace package
-    spec = importlib.util.spec_from_file_location('pretrained_scores', os.path.join(ROOT, 'experiments', 'pretrained.py'))
+    path = os.path.join(ROOT, 'experiments', 'pretrained.py')
+    spec = importlib.util.spec_from_file_location('pretrained_scores', path)
     pretrained = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(pretrained)
     a = pretrained.argparse.Namespace(faces='F128', faces256='F256', n=100)
