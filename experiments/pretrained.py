@@ -14,7 +14,8 @@ the CPU has native bf16), one fixed noise seed.
   the first min(--n, 32) of ../shared/data/faces256, held out there), their tile means as the input; baselines the
   input, bicubic of the tile means, and bicubic with each tile's mean restored (the training-free baseline of
   docs/relay.md).
-A row already in the CSV for the same file, step, n and dtype is kept (delete the CSV to score again).
+A row already in the CSV for the same file, step, n and dtype is kept (delete the CSV to score again); its label
+and seed (the training seed) are read from the shipped file.
 """
 import argparse
 import csv
@@ -35,8 +36,24 @@ from diffusion import LowResProjection  # noqa: E402
 from tasks import heldout, parse_task, relay_inputs, sample_and_score  # noqa: E402
 
 SR_STEPS, RELAY_STEPS = 100, 40  # sample.py's defaults
-COLUMNS = ('file task step train_s n steps dtype psnr ssim input_psnr bicubic_psnr bicubic_ssim baseline_psnr '
-           'baseline_ssim').split()
+COLUMNS = ('file task label seed step train_s n steps dtype psnr ssim input_psnr bicubic_psnr bicubic_ssim '
+           'baseline_psnr baseline_ssim').split()
+
+
+def describe(name, ck):
+    """A shipped file's label and training seed: read from the file, so a row kept from the CSV gets them too."""
+    steps = RELAY_STEPS if parse_task(ck['args']['task'])['kind'] == 'relay2' else SR_STEPS
+    return dict(label=f"{name} as shipped, sample.py's defaults ({steps} steps)", seed=ck['args'].get('seed', ''))
+
+
+def write_rows(rows, out):
+    os.makedirs(os.path.dirname(out) or '.', exist_ok=True)
+    tmp = out + '.tmp'
+    with open(tmp, 'w', newline='') as f:
+        w = csv.DictWriter(f, COLUMNS)
+        w.writeheader()
+        w.writerows({k: r.get(k, '') for k in COLUMNS} for r in rows)
+    os.replace(tmp, out)
 
 
 def mean_scores(x, hr, lr=None):
@@ -117,9 +134,15 @@ def main(argv=None):
         info = parse_task(ck['args']['task'])
         dtype = str(a.dtype).replace('torch.', '')
         n = relay_faces(a, info['res'])[1] if info['kind'] == 'relay2' else a.n
-        if any(r['file'] == name and r['step'] == str(ck['step']) and r['n'] == str(n) and r.get('dtype') == dtype
-               for r in rows):
+        meta = {k: str(v) for k, v in describe(name, ck).items()}
+        kept = [r for r in rows if r['file'] == name and r['step'] == str(ck['step']) and r['n'] == str(n)
+                and r.get('dtype') == dtype]
+        if kept:
             print(f'{name}: scored already')
+            if any(r.get(k) != v for r in kept for k, v in meta.items()):
+                for r in kept:
+                    r.update(meta)
+                write_rows(rows, a.out)
             continue
         if info['kind'] == 'sr':
             row = score_sr(a, path, info)
@@ -130,16 +153,10 @@ def main(argv=None):
                   f'Frechet distance')
             continue
         row.update(file=name, task=ck['args']['task'], step=ck['step'], train_s=round(ck.get('train_s', 0.0)),
-                   dtype=dtype)
+                   dtype=dtype, **meta)
         rows.append({k: (f'{v:.4f}' if isinstance(v, float) else v) for k, v in row.items()})
         print(', '.join(f'{k} {rows[-1][k]}' for k in COLUMNS if rows[-1].get(k) not in (None, '')), flush=True)
-        os.makedirs(os.path.dirname(a.out), exist_ok=True)
-        tmp = a.out + '.tmp'
-        with open(tmp, 'w', newline='') as f:
-            w = csv.DictWriter(f, COLUMNS)
-            w.writeheader()
-            w.writerows({k: r.get(k, '') for k in COLUMNS} for r in rows)
-        os.replace(tmp, a.out)
+        write_rows(rows, a.out)
 
 
 if __name__ == '__main__':

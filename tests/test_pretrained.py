@@ -56,16 +56,42 @@ def test_the_shipped_sr_model_beats_bicubic_on_held_out_faces():
     assert sr_psnr > bicubic_psnr, (sr_psnr, bicubic_psnr)
 
 
-def test_relay_scores_use_faces_at_their_own_size():
-    """experiments/pretrained.py scores a relay stage 2 above 128 pixels on faces256's held-out 32, never on 128-pixel
-    faces upsampled to the target (which a 256 model would 'restore' to a blurred truth)."""
+def load_scorer():
     import importlib.util  # by path: `import pretrained` could find the pretrained/ folder as a namespace package
     path = os.path.join(ROOT, 'experiments', 'pretrained.py')
     spec = importlib.util.spec_from_file_location('pretrained_scores', path)
     pretrained = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(pretrained)
+    return pretrained
+
+
+def test_relay_scores_use_faces_at_their_own_size():
+    """experiments/pretrained.py scores a relay stage 2 above 128 pixels on faces256's held-out 32, never on 128-pixel
+    faces upsampled to the target (which a 256 model would 'restore' to a blurred truth)."""
+    pretrained = load_scorer()
     a = pretrained.argparse.Namespace(faces='F128', faces256='F256', n=100)
     assert pretrained.relay_faces(a, 64) == ('F128', 100)
     assert pretrained.relay_faces(a, 128) == ('F128', 100)
     assert pretrained.relay_faces(a, 256) == ('F256', 32)
     assert pretrained.relay_faces(pretrained.argparse.Namespace(faces='F128', faces256='F256', n=8), 256) == ('F256', 8)
+
+
+RELAY16_64 = os.path.join(PRETRAINED, 'relay16_64.pt')
+
+
+@pytest.mark.skipif(not os.path.exists(RELAY16_64), reason='no pretrained/relay16_64.pt in this checkout')
+def test_kept_scores_get_the_shipped_files_label_and_seed(tmp_path):
+    """A row kept from results/pretrained/scores.csv (same file, step, n, dtype) is not scored again, but gets the label
+    and the training seed the shipped file records, so every row carries task, label, seed (issue 29 item 4)."""
+    pretrained = load_scorer()
+    ck = torch.load(RELAY16_64, map_location='cpu', weights_only=True)
+    (tmp_path / 'models').mkdir()
+    os.symlink(RELAY16_64, tmp_path / 'models' / 'relay16_64.pt')
+    out = tmp_path / 'scores.csv'
+    out.write_text('file,task,step,n,steps,dtype,psnr\n'
+                   f"relay16_64.pt,relay16_64,{ck['step']},7,40,float32,99.0\n")
+    pretrained.main(['--pretrained-dir', str(tmp_path / 'models'), '--out', str(out), '--n', '7', '--dtype', 'fp32'])
+    rows = list(pretrained.csv.DictReader(open(out)))
+    assert len(rows) == 1 and rows[0]['psnr'] == '99.0'  # kept, not scored again
+    assert rows[0]['seed'] == str(ck['args']['seed'])
+    assert rows[0]['label'].startswith('relay16_64.pt') and '40 steps' in rows[0]['label']
