@@ -91,7 +91,7 @@ def test_kept_scores_get_the_shipped_files_label_and_seed(tmp_path):
     out.write_text('file,task,step,n,steps,dtype,psnr\n'
                    f"relay16_64.pt,relay16_64,{ck['step']},7,40,float32,99.0\n")
     pretrained.main(['--pretrained-dir', str(tmp_path / 'models'), '--out', str(out), '--n', '7', '--dtype', 'fp32'])
-    rows = list(pretrained.csv.DictReader(open(out)))
+    rows = list(pretrained.csv.DictReader(out.read_text().splitlines()))
     assert len(rows) == 1 and rows[0]['psnr'] == '99.0'  # kept, not scored again
     assert rows[0]['seed'] == str(ck['args']['seed'])
     assert rows[0]['label'].startswith('relay16_64.pt') and '40 steps' in rows[0]['label']
